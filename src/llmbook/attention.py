@@ -1,0 +1,114 @@
+"""Scaled dot-product attention and multi-head attention.
+
+Mask convention, used everywhere in llmbook: a boolean mask where ``True`` means "this query may attend to this
+key". It matches ``F.scaled_dot_product_attention`` and is the opposite of ``nn.MultiheadAttention``, whose masks
+mark blocked positions. Masks broadcast against the attention scores of shape (B, H, T, S).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ATTN_IMPLS = ("manual", "fused")
+
+
+def causal_mask(T: int, device: torch.device | str | None = None) -> Tensor:
+    """(T, T) boolean mask, True on and below the diagonal: position t sees positions 0..t only.
+
+    Introduced in Chapter 1.
+    """
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
+
+def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
+    """(B, 1, 1, S) boolean mask, True where the key token is not padding.
+
+    Introduced in Chapter 1.
+    """
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must have shape (B, S), got {tuple(tokens.shape)}")
+    return (tokens != pad_id)[:, None, None, :]
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    impl: str = "manual",
+) -> tuple[Tensor, Tensor | None]:
+    """softmax(q k^T / sqrt(Dh)) v, the paper's equation (1).
+
+    q: (..., T, Dh), k: (..., S, Dh), v: (..., S, Dv); mask broadcastable to (..., T, S), True = may attend.
+    ``impl="manual"`` is the teaching path and can return the attention weights; ``impl="fused"`` calls
+    ``F.scaled_dot_product_attention`` (same result, faster, no weights). Introduced in Chapter 1.
+    """
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"impl must be one of {ATTN_IMPLS}, got {impl!r}")
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share their last dimension, got {q.shape[-1]} and {k.shape[-1]}")
+    if impl == "fused" and not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v, (weights if need_weights else None)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: H heads of size Dh = D / H, each attending in its own projected subspace.
+
+    Self-attention when ``context`` is None, cross-attention (queries from ``x``, keys and values from ``context``)
+    otherwise. Introduced in Chapter 1.
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True, attn_impl: str = "fused"
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.dropout = dropout
+        self.attn_impl = attn_impl
+        self.W_q = nn.Linear(d_model, d_model, bias=bias)
+        self.W_k = nn.Linear(d_model, d_model, bias=bias)
+        self.W_v = nn.Linear(d_model, d_model, bias=bias)
+        self.W_o = nn.Linear(d_model, d_model, bias=bias)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        B, L, D = x.shape
+        return x.view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, Dh)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """x: (B, T, D), context: (B, S, D) or None. Returns (B, T, D) and, if asked, weights (B, H, T, S)."""
+        if x.dim() != 3:
+            raise ValueError(f"x must have shape (B, T, D), got {tuple(x.shape)}")
+        context = x if context is None else context
+        B, T, D = x.shape
+        q = self._split_heads(self.W_q(x))  # (B, H, T, Dh)
+        k = self._split_heads(self.W_k(context))  # (B, H, S, Dh)
+        v = self._split_heads(self.W_v(context))  # (B, H, S, Dh)
+        out, weights = scaled_dot_product_attention(
+            q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights, impl=self.attn_impl,
+        )
+        out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, H*Dh) = (B, T, D)
+        return self.W_o(out), weights
