@@ -3,10 +3,11 @@
 English groups digits by thousands, Chinese by ten-thousands, so 20M is 两千万 ("two thousand ten-thousands") and
 200M is 两亿. Supported range: every integer from 1 to 10^15.
 
-The Chinese reading follows the schoolbook rules, the same ones cn2an implements:
+The Chinese reading follows the schoolbook rules, which the converter cn2an also implements (except that it drops
+the 零 after an all-zero group when the next group has four digits: 500,003,530 is 五亿零三千五百三十):
 - digits are read in groups of four with the units 万 and 亿; 10^12 is 万亿 and 10^15 is 一千万亿;
 - zeros at the end of a group are not read; any other run of zeros is read as a single 零
-  (10,005 = 一万零五, 100,000,500 = 一亿零五百, 10,002,000 = 一千万二千);
+  (10,005 = 一万零五, 100,000,500 = 一亿零五百, 10,002,000 = 一千万两千);
 - a leading 一十 is read 十 (15 = 十五, 150,000 = 十五万) but not inside a number (110 = 一百一十).
 - 两 or 二: everyday usage says 两千, 两万, 两亿, 两千万 and 二十, 十二万, 二百. We write 两 for a 2 that stands
   directly before 千, 万 or 亿 and is not preceded by 十 or 零; everywhere else 二. (二百 and 两百 are both common;
@@ -21,9 +22,10 @@ import re
 
 MAX_COUNT = 10**15
 DIGITS = "零一二三四五六七八九"
-ENGLISH_SCALE = [(10**15, "Q", "quadrillion"), (10**12, "T", "trillion"), (10**9, "B", "billion"),
-                 (10**6, "M", "million"), (10**3, "K", "thousand")]
-CHINESE_SCALE = [(10**12, "万亿"), (10**8, "亿"), (10**4, "万")]
+# (value, abbreviation, word), largest first. "Q" for quadrillion is less settled than K, M, B and T.
+ENGLISH_SCALE = ((10**15, "Q", "quadrillion"), (10**12, "T", "trillion"), (10**9, "B", "billion"),
+                 (10**6, "M", "million"), (10**3, "K", "thousand"), (1, "", ""))
+CHINESE_SCALE = ((10**12, "万亿"), (10**8, "亿"), (10**4, "万"), (1, ""))
 
 
 def _check_count(n: int) -> None:
@@ -85,3 +87,37 @@ def chinese_numeral(n: int, liang: bool = True) -> str:
     if text.startswith("一十"):
         text = text[1:]
     return use_liang(text) if liang else text
+
+
+def _short(n: int, scales: tuple, digits: int) -> tuple[str, int]:
+    """n rounded to `digits` significant digits in the largest unit it reaches; returns (number, index of unit)."""
+    if not isinstance(digits, int) or digits < 1:
+        raise ValueError(f"digits must be a positive int, got {digits!r}")
+    for i, (scale, *_) in enumerate(scales):
+        if n >= scale:
+            text = _significant(n / scale, digits)
+            if i > 0 and float(text) * scale >= scales[i - 1][0]:  # rounding reached the next unit: 999.7K -> 1M
+                return _significant(n / scales[i - 1][0], digits), i - 1
+            return text, i
+    raise AssertionError("unreachable: the last scale is 1")
+
+
+def english_short(n: int, digits: int = 3) -> str:
+    """117,000,000 -> '117M', 1,542,000,000 -> '1.54B' (short scale, `digits` significant digits)."""
+    _check_count(n)
+    number, i = _short(n, ENGLISH_SCALE, digits)
+    return number + ENGLISH_SCALE[i][1]
+
+
+def english_words(n: int, digits: int = 3) -> str:
+    """117,000,000 -> '117 million', 1,542,000,000 -> '1.54 billion'."""
+    _check_count(n)
+    number, i = _short(n, ENGLISH_SCALE, digits)
+    return f"{number} {ENGLISH_SCALE[i][2]}".rstrip()
+
+
+def chinese_short(n: int, digits: int = 3) -> str:
+    """117,000,000 -> '1.17亿', 65,000,000 -> '6500万', 10^12 -> '1万亿' (digits with a Chinese unit, as in the news)."""
+    _check_count(n)
+    number, i = _short(n, CHINESE_SCALE, digits)
+    return number + CHINESE_SCALE[i][1]

@@ -1,0 +1,341 @@
+"""The one training loop of the book: AdamW, a learning-rate schedule, gradient clipping, evaluation, checkpoints.
+
+The trainer knows nothing about any particular model (minGPT's trainer is the model for this). It is given
+- ``loss_fn(model, batch) -> Tensor``: the scalar loss of one batch (``make_loss_fn`` builds the usual one);
+- ``train_batch(step) -> batch``: the batch for update number ``step``. Making the data a function of the step,
+  not an iterator, is what lets a run resumed from a checkpoint see exactly the batches it would have seen;
+- optionally ``val_batch(i)`` (the validation loss is the mean over ``i = 0 .. eval_batches - 1``) and
+  ``eval_fn(model) -> dict`` for other metrics, such as exact match after decoding.
+Callbacks ``on_step``, ``on_eval`` and ``on_checkpoint`` receive the trainer; the chapters use them to record
+snapshots for their widgets. Checkpoints are safetensors files, never pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], Tensor]
+SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+EVENTS = ("on_step", "on_eval", "on_checkpoint")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random generators (torch.manual_seed also seeds every GPU).
+
+    Introduced in Chapter 1.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """The torch device for ``device``: "auto" picks CUDA, then Apple's MPS, then the CPU. Introduced in Chapter 1."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if device == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (device == "cuda" and not cuda) or (device == "mps" and not mps):
+        raise ValueError(f"device={device!r} was asked for but is not available here; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def move_to(batch: Batch, device: torch.device) -> Batch:
+    """The batch with every tensor in it (also inside tuples, lists and dicts) moved to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(move_to(x, device) for x in batch)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    return batch
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Hyperparameters of a training run. ``lr`` is the peak learning rate, reached at the end of warmup.
+
+    Introduced in Chapter 1.
+    """
+
+    max_steps: int = 1000
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: str = "constant"  # one of SCHEDULES; "linear" and "cosine" decay to 0 at max_steps
+    grad_clip: float | None = 1.0  # clip the global gradient norm to this; None: no clipping
+    eval_every: int = 0  # evaluate every eval_every steps and at max_steps; 0: never
+    eval_batches: int = 10
+    log_every: int = 1  # record the training loss and lr in the history every log_every steps
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_path: str | None = None  # when set, save here every checkpoint_every steps and at max_steps
+    checkpoint_every: int = 0
+    progress: bool = False  # show a tqdm progress bar
+
+    def __post_init__(self) -> None:
+        def require(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+
+        require(self.max_steps >= 1, "max_steps", "a positive integer")
+        require(self.lr > 0, "lr", "positive")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
+        require(self.eps > 0, "eps", "positive")
+        require(self.weight_decay >= 0, "weight_decay", ">= 0")
+        require(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        require(self.warmup_steps >= (1 if self.schedule == "inverse_sqrt" else 0), "warmup_steps",
+                ">= 1 for the inverse_sqrt schedule" if self.schedule == "inverse_sqrt" else ">= 0")
+        require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "positive or None")
+        require(self.eval_every >= 0, "eval_every", ">= 0 (0 = never)")
+        require(self.eval_batches >= 1, "eval_batches", "a positive integer")
+        require(self.log_every >= 1, "log_every", "a positive integer")
+        require(self.device in DEVICES, "device", f"one of {DEVICES}")
+        require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 = only at max_steps)")
+        require(self.checkpoint_every == 0 or self.checkpoint_path is not None, "checkpoint_every",
+                "0 when checkpoint_path is None")
+
+
+def lr_at(step: int, config: TrainerConfig) -> float:
+    """The learning rate of update number ``step`` (1 .. max_steps): linear warmup to ``config.lr``, then the schedule.
+
+    "inverse_sqrt" is the Transformer paper's lr = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), rescaled so
+    that its peak (at step = warmup) is ``config.lr``; ``transformer_peak_lr`` gives the paper's peak. Introduced in
+    Chapter 1.
+    """
+    peak, warmup = config.lr, config.warmup_steps
+    if step <= 0:
+        return 0.0 if warmup else peak
+    if config.schedule == "inverse_sqrt":
+        return peak * warmup**0.5 * min(step**-0.5, step * warmup**-1.5)
+    if step < warmup:
+        return peak * step / warmup
+    if config.schedule == "constant":
+        return peak
+    progress = min(1.0, (step - warmup) / max(1, config.max_steps - warmup))  # 0 after warmup, 1 at max_steps
+    if config.schedule == "linear":
+        return peak * (1.0 - progress)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+
+def transformer_peak_lr(d_model: int, warmup_steps: int) -> float:
+    """The paper's peak learning rate (d_model * warmup)^-0.5, e.g. 7.0e-4 for d_model 512 and 4000 warmup steps.
+
+    Introduced in Chapter 1.
+    """
+    return (d_model * warmup_steps) ** -0.5
+
+
+def cross_entropy_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100,
+                       label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy of (..., V) logits against (...) targets, skipping ``ignore_index`` positions.
+
+    With label smoothing eps the target is (1 - eps) on the right token plus eps spread uniformly over all V
+    tokens, so the loss is (1 - eps) * NLL + eps * (cross-entropy with the uniform distribution). Equals
+    ``F.cross_entropy(..., label_smoothing=eps)``. Introduced in Chapter 1.
+    """
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    log_probs = logits.reshape(-1, logits.shape[-1]).float().log_softmax(dim=-1)  # (N, V)
+    targets = targets.reshape(-1)  # (N,)
+    keep = targets != ignore_index
+    log_probs, targets = log_probs[keep], targets[keep]  # (N', V), (N',)
+    nll = -log_probs.gather(1, targets[:, None]).squeeze(1)  # (N',)
+    uniform = -log_probs.mean(dim=-1)  # (N',)
+    return ((1 - label_smoothing) * nll + label_smoothing * uniform).mean()
+
+
+def make_loss_fn(ignore_index: int = -100, label_smoothing: float = 0.0) -> LossFn:
+    """A ``loss_fn`` for batches ``(*model_inputs, targets)``: cross-entropy of ``model(*model_inputs)``.
+
+    Works for language models, batch (x, y), and encoder-decoders, batch (src, tgt_in, tgt_out). A model that
+    returns a tuple (logits, attention weights) is fine: the first element is used. Introduced in Chapter 1.
+    """
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+
+    def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
+        *inputs, targets = batch
+        logits = model(*inputs)
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        return cross_entropy_loss(logits, targets, ignore_index, label_smoothing)
+
+    return loss_fn
+
+
+def make_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.AdamW:
+    """AdamW that decays matrices (linear and embedding weights) but not biases and LayerNorm gains (as nanoGPT).
+
+    Decaying a bias or a gain towards 0 does not make the function simpler, it only shifts or shrinks it.
+    Introduced in Chapter 1.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def load_model_weights(path: str, model: nn.Module) -> nn.Module:
+    """Load the model weights of a trainer checkpoint (a safetensors file) into ``model``. Introduced in Chapter 1."""
+    model.load_state_dict({k.removeprefix("model."): v for k, v in load_file(path).items() if k.startswith("model.")})
+    return model
+
+
+def _cpu_copy(t: Tensor) -> Tensor:
+    # A copy, not a view: safetensors refuses tensors that share memory, as tied embeddings do.
+    return t.detach().to("cpu", copy=True).contiguous()
+
+
+@dataclass
+class History:
+    """What ``Trainer.fit`` records, as plain lists for plotting: train loss and lr every ``log_every`` steps,
+    evaluation metrics (``eval["val_loss"]`` and those of ``eval_fn``) at ``eval_step``. Introduced in Chapter 1.
+    """
+
+    step: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    eval_step: list[int] = field(default_factory=list)
+    eval: dict[str, list[float]] = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains any model on any data given a loss function and a batch function; see the module docstring.
+
+    State that callbacks may read: ``step`` (updates done), ``loss`` and ``lr`` of the latest step, ``grad_norm``
+    (before clipping; NaN without clipping), ``metrics`` of the latest evaluation, ``history``. Introduced in
+    Chapter 1.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, train_batch: Callable[[int], Batch],
+                 config: TrainerConfig | None = None, val_batch: Callable[[int], Batch] | None = None,
+                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None) -> None:
+        self.config = config if config is not None else TrainerConfig()
+        self.device = select_device(self.config.device)
+        self.model = model.to(self.device)
+        self.loss_fn, self.train_batch, self.val_batch, self.eval_fn = loss_fn, train_batch, val_batch, eval_fn
+        self.optimizer = make_optimizer(self.model, self.config)
+        self.history = History()
+        self.step, self.loss, self.lr, self.grad_norm = 0, math.nan, 0.0, math.nan
+        self.metrics: dict[str, float] = {}
+        self.callbacks: dict[str, list[Callable[[Trainer], None]]] = {event: [] for event in EVENTS}
+
+    def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
+        """Call ``fn(trainer)`` on ``event``: "on_step" (after every update), "on_eval", "on_checkpoint"."""
+        if event not in EVENTS:
+            raise ValueError(f"event must be one of {EVENTS}, got {event!r}")
+        self.callbacks[event].append(fn)
+
+    def _fire(self, event: str) -> None:
+        for fn in self.callbacks[event]:
+            fn(self)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The validation loss over ``eval_batches`` batches (when ``val_batch`` is given) and ``eval_fn``'s metrics."""
+        self.model.eval()
+        metrics = {}
+        if self.val_batch is not None:
+            losses = [self.loss_fn(self.model, move_to(self.val_batch(i), self.device)).item()
+                      for i in range(self.config.eval_batches)]
+            metrics["val_loss"] = sum(losses) / len(losses)
+        if self.eval_fn is not None:
+            metrics.update(self.eval_fn(self.model))
+        self.model.train()
+        return metrics
+
+    def fit(self, steps: int | None = None) -> History:
+        """Train until ``config.max_steps``, or for at most ``steps`` more updates; return the whole history.
+
+        A fresh trainer seeds everything with ``config.seed`` first; a resumed one continues its saved generators.
+        """
+        c = self.config
+        if self.step == 0:
+            seed_everything(c.seed)
+        end = c.max_steps if steps is None else min(c.max_steps, self.step + steps)
+        bar = tqdm(total=end - self.step, disable=not c.progress)
+        self.model.train()
+        while self.step < end:
+            self.step += 1
+            self.lr = lr_at(self.step, c)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+            loss = self.loss_fn(self.model, move_to(self.train_batch(self.step), self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.grad_clip is not None:
+                self.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip).item()
+            self.optimizer.step()
+            self.loss = loss.item()
+            if self.step % c.log_every == 0:
+                self.history.step.append(self.step)
+                self.history.train_loss.append(self.loss)
+                self.history.lr.append(self.lr)
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.loss:.4f}")
+            self._fire("on_step")
+            if c.eval_every and (self.step % c.eval_every == 0 or self.step == c.max_steps):
+                self.metrics = self.evaluate()
+                self.history.eval_step.append(self.step)
+                for name, value in self.metrics.items():
+                    self.history.eval.setdefault(name, []).append(value)
+                self._fire("on_eval")
+            if c.checkpoint_path and ((c.checkpoint_every and self.step % c.checkpoint_every == 0)
+                                      or self.step == c.max_steps):
+                self.save_checkpoint(c.checkpoint_path)
+        bar.close()
+        return self.history
+
+    def save_checkpoint(self, path: str) -> None:
+        """Save model, optimizer state, random generators, step and history to a safetensors file.
+
+        Optimizer state tensors are stored under "optimizer.<param index>.<name>" (e.g. "optimizer.3.exp_avg"), the
+        optimizer's hyperparameters, the step, the config and the history as JSON metadata.
+        """
+        tensors = {f"model.{k}": _cpu_copy(v) for k, v in self.model.state_dict().items()}
+        optimizer_state = self.optimizer.state_dict()
+        for i, state in optimizer_state["state"].items():
+            tensors.update({f"optimizer.{i}.{name}": _cpu_copy(v) for name, v in state.items()})
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        metadata = {"step": str(self.step), "param_groups": json.dumps(optimizer_state["param_groups"]),
+                    "config": json.dumps(asdict(self.config)), "history": json.dumps(asdict(self.history))}
+        save_file(tensors, path, metadata=metadata)
+        self._fire("on_checkpoint")
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore a checkpoint written by ``save_checkpoint``; ``fit()`` then continues exactly where it stopped."""
+        tensors = load_file(path)
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata()
+        self.model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+        torch.set_rng_state(tensors["rng.cpu"])
+        if torch.cuda.is_available() and f"rng.cuda.{torch.cuda.device_count() - 1}" in tensors:
+            torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())])
+        self.step = int(metadata["step"])
+        self.history = History(**json.loads(metadata["history"]))

@@ -1,0 +1,134 @@
+"""The built book in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+Run after `make book`. Every page is served from 127.0.0.1 and must load with no console error and no request that
+leaves 127.0.0.1; math must render; widgets must render and respond to their controls with no kernel. The appendix
+is also opened from disk (file://) to prove the book works offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WIDGET_RENDER_MS = 8000  # widgets render about a second after the load event; allow for a slow CI machine
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("Chromium not found: install Debian's chromium (apt-get install chromium); .ci/run does this")
+    return path
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output to the test results
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (HTML / "index.html").exists():
+        pytest.fail("the book is not built: run `make book` first")
+    handler = functools.partial(QuietHandler, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("profile")), executable_path=chromium_path(), headless=True,
+            args=CHROMIUM_FLAGS,
+        )
+        yield context
+        context.close()
+
+
+class PageWatch:
+    """Opens a page, records console errors and every request that leaves the allowed origin (and blocks it)."""
+
+    def __init__(self, context, allow_scheme: str):
+        self.page = context.new_page()
+        self.errors: list[str] = []
+        self.outside: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url} {r.failure}"))
+        self.page.route("**/*", functools.partial(self._route, allow_scheme))
+
+    def _route(self, allow_scheme, route):
+        url = urlparse(route.request.url)
+        local = url.scheme in ("data", "blob") or (
+            url.scheme == allow_scheme and (allow_scheme == "file" or url.hostname == "127.0.0.1"))
+        if local:
+            route.continue_()
+        else:
+            self.outside.append(route.request.url)
+            route.abort()
+
+    def open(self, url: str):
+        self.page.goto(url, wait_until="load")
+        self.page.wait_for_timeout(1500)
+        return self.page
+
+
+def all_pages() -> list[str]:
+    return sorted(str(p.relative_to(HTML)) for p in HTML.rglob("*.html") if "_static" not in p.parts)
+
+
+def test_every_page_loads_cleanly(server, browser):
+    pages = all_pages()
+    assert "book/appendix_parameters.html" in pages and "index.html" in pages
+    for name in pages:
+        watch = PageWatch(browser, "http")
+        watch.open(f"{server}/{name}")
+        assert not watch.outside, f"{name} requested outside 127.0.0.1: {watch.outside}"
+        assert not watch.errors, f"{name} logged errors: {watch.errors}"
+        watch.page.close()
+
+
+def test_math_renders(server, browser):
+    page = PageWatch(browser, "http").open(f"{server}/book/appendix_parameters.html")
+    page.wait_for_selector("mjx-container", timeout=WIDGET_RENDER_MS)
+    assert page.locator("mjx-container").count() >= 3
+
+
+def _check_appendix_widget(page):
+    dropdown = page.locator(".widget-dropdown select").first
+    dropdown.wait_for(timeout=WIDGET_RENDER_MS)
+    table = page.locator("table.llmbook-table").first
+    before = table.inner_text()
+    assert "65,000,000" in before and "6500万" in before
+    dropdown.select_option(label="GPT-3")
+    page.wait_for_timeout(300)
+    after = page.locator("table.llmbook-table").first.inner_text()
+    assert "175,000,000,000" in after and "一千七百五十亿" in after
+    assert page.locator("img.widget-image").count() >= 1
+
+
+def test_appendix_widget_works_without_a_kernel(server, browser):
+    watch = PageWatch(browser, "http")
+    _check_appendix_widget(watch.open(f"{server}/book/appendix_parameters.html"))
+    assert not watch.errors and not watch.outside
+
+
+def test_appendix_widget_works_from_disk(browser):
+    watch = PageWatch(browser, "file")
+    _check_appendix_widget(watch.open((HTML / "book" / "appendix_parameters.html").as_uri()))
+    assert not watch.outside, f"requests left the disk: {watch.outside}"

@@ -1,0 +1,109 @@
+"""Attention against PyTorch: F.scaled_dot_product_attention and nn.MultiheadAttention (whose masks are inverted)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.testing import assert_close
+
+from llmbook.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
+
+B, H, T, S, D, PAD = 2, 4, 5, 6, 16, 0
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def tokens_with_padding(length: int) -> torch.Tensor:
+    tokens = torch.randint(1, 9, (B, length))
+    tokens[1, length - 2:] = PAD  # right padding; the first key of every row stays real
+    return tokens
+
+
+def copy_into_torch_mha(ours: MultiHeadAttention) -> nn.MultiheadAttention:
+    """nn.MultiheadAttention with our weights: its in_proj stacks W_q, W_k, W_v along the output dimension."""
+    theirs = nn.MultiheadAttention(D, H, batch_first=True)
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(torch.cat([ours.W_q.weight, ours.W_k.weight, ours.W_v.weight]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.W_q.bias, ours.W_k.bias, ours.W_v.bias]))
+        theirs.out_proj.weight.copy_(ours.W_o.weight)
+        theirs.out_proj.bias.copy_(ours.W_o.bias)
+    return theirs.eval()
+
+
+@pytest.mark.parametrize("masking", ["none", "causal", "padding", "causal+padding"])
+def test_manual_equals_fused_equals_torch(masking):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(B, H, T, 8), torch.randn(B, H, T, 8), torch.randn(B, H, T, 8)
+    mask = None
+    if "causal" in masking:
+        mask = causal_mask(T)
+    if "padding" in masking:
+        pad = padding_mask(tokens_with_padding(T), PAD)  # (B, 1, 1, T)
+        mask = pad if mask is None else mask & pad  # (B, 1, T, T)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    manual, weights = scaled_dot_product_attention(q, k, v, mask, need_weights=True, impl="manual")
+    fused, no_weights = scaled_dot_product_attention(q, k, v, mask, impl="fused")
+    assert_close(manual, reference, **TOL)
+    assert_close(fused, reference, **TOL)
+    assert no_weights is None
+    assert_close(weights.sum(-1), torch.ones(B, H, T), **TOL)
+    if mask is not None:
+        assert bool((weights.masked_select(~mask.expand_as(weights)) == 0).all())
+
+
+def test_true_means_may_attend():
+    q, k, v = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)
+    only_first_key = torch.tensor([[True, False, False]])  # (1, S): broadcasts over queries
+    for impl in ("manual", "fused"):
+        out, _ = scaled_dot_product_attention(q, k, v, only_first_key, impl=impl)
+        assert_close(out, v[:, :, :1].expand_as(out), **TOL)
+
+
+@pytest.mark.parametrize("impl", ["manual", "fused"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_equals_nn_multihead_attention(impl, causal):
+    torch.manual_seed(1)
+    ours = MultiHeadAttention(D, H, attn_impl=impl).eval()
+    theirs = copy_into_torch_mha(ours)
+    x, tokens = torch.randn(B, T, D), tokens_with_padding(T)
+    mask = padding_mask(tokens, PAD)  # (B, 1, 1, T), True = may attend
+    if causal:
+        mask = mask & causal_mask(T)  # (B, 1, T, T)
+    out, weights = ours(x, mask=mask, need_weights=True)
+    ref_out, ref_weights = theirs(
+        x, x, x, key_padding_mask=tokens == PAD,  # theirs: True = blocked
+        attn_mask=~causal_mask(T) if causal else None, average_attn_weights=False,
+    )
+    assert_close(out, ref_out, **TOL)
+    assert_close(weights, ref_weights, **TOL)
+    assert_close(ours(x, mask=mask)[0], ref_out, **TOL)  # and without asking for weights
+
+
+def test_cross_attention_equals_nn_multihead_attention():
+    torch.manual_seed(2)
+    ours = MultiHeadAttention(D, H).eval()
+    theirs = copy_into_torch_mha(ours)
+    x, context, src = torch.randn(B, T, D), torch.randn(B, S, D), tokens_with_padding(S)
+    out, weights = ours(x, context=context, mask=padding_mask(src, PAD), need_weights=True)
+    ref_out, ref_weights = theirs(x, context, context, key_padding_mask=src == PAD, average_attn_weights=False)
+    assert weights.shape == (B, H, T, S)
+    assert_close(out, ref_out, **TOL)
+    assert_close(weights, ref_weights, **TOL)
+    assert_close(weights.sum(-1), torch.ones(B, H, T), **TOL)
+
+
+def test_errors():
+    q = torch.randn(1, 1, 3, 4)
+    with pytest.raises(ValueError, match="boolean"):
+        scaled_dot_product_attention(q, q, q, mask=torch.ones(3, 3))
+    with pytest.raises(ValueError, match="impl"):
+        scaled_dot_product_attention(q, q, q, impl="flash")
+    with pytest.raises(ValueError, match="last dimension"):
+        scaled_dot_product_attention(q, torch.randn(1, 1, 3, 5), q)
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadAttention(10, 4)
+    with pytest.raises(ValueError, match="attn_impl"):
+        MultiHeadAttention(8, 2, attn_impl="flash")
+    with pytest.raises(ValueError, match=r"\(B, T, D\)"):
+        MultiHeadAttention(8, 2)(torch.randn(3, 8))
+    with pytest.raises(ValueError, match=r"\(B, S\)"):
+        padding_mask(torch.tensor([1, 2, 0]), PAD)

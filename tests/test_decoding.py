@@ -1,0 +1,146 @@
+"""Decoding: beam search against brute force, width 1 and top-k 1 against greedy, sampling statistics, errors."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from llmbook.decoding import Hypothesis, beam_search, greedy_decode, length_penalty_factor, sample
+
+V, EOS = 4, 3
+
+
+def make_scorer(seed: int, vocab_size: int = V, scale: float = 2.0):
+    """A tiny random 'language model' whose next-token logits depend on the whole prefix, not just its last token."""
+    g = torch.Generator().manual_seed(seed)
+    by_last = torch.randn(vocab_size, vocab_size, generator=g) * scale
+    by_sum = torch.randn(7, vocab_size, generator=g) * scale
+    by_length = torch.randn(32, vocab_size, generator=g) * scale
+
+    def next_token_logits(prefix: torch.Tensor) -> torch.Tensor:
+        return by_last[prefix[:, -1]] + by_sum[prefix.sum(dim=1) % 7] + by_length[prefix.shape[1]]  # (B, V)
+
+    return next_token_logits
+
+
+def brute_force(next_token_logits, prefix, max_new_tokens, eos_id, alpha):
+    """Every sequence beam search could return (eos-terminated, or max length without eos), scored exactly."""
+    others = [t for t in range(V) if t != eos_id]
+    sequences = [list(s) + [eos_id] for n in range(max_new_tokens) for s in itertools.product(others, repeat=n)]
+    sequences += [list(s) for s in itertools.product(others, repeat=max_new_tokens)]
+    results = []
+    for new in sequences:
+        tokens = torch.cat([prefix, torch.tensor(new)])
+        log_prob = sum(
+            float(next_token_logits(tokens[None, : len(prefix) + i]).log_softmax(-1)[0, t]) for i, t in enumerate(new)
+        )
+        results.append((tokens, log_prob, log_prob / length_penalty_factor(len(new), alpha)))
+    return sorted(results, key=lambda r: r[2], reverse=True)
+
+
+@pytest.mark.parametrize("seed, alpha", [(0, 0.6), (1, 0.0), (2, 1.0)])
+def test_beam_as_wide_as_the_space_equals_brute_force(seed, alpha):
+    fn, prefix, n = make_scorer(seed), torch.tensor([1, 0]), 4
+    expected = brute_force(fn, prefix, n, EOS, alpha)
+    got = beam_search(fn, prefix, beam_width=V**n, max_new_tokens=n, eos_id=EOS, length_penalty=alpha)
+    assert len(got) == len(expected) == sum((V - 1) ** k for k in range(n + 1))
+    for hyp, (tokens, log_prob, score) in zip(got, expected):
+        assert isinstance(hyp, Hypothesis)
+        assert hyp.tokens.tolist() == tokens.tolist()
+        assert_close(hyp.log_prob, log_prob, rtol=1e-5, atol=1e-5)
+        assert_close(hyp.score, score, rtol=1e-5, atol=1e-5)
+
+
+def test_narrow_beam_returns_sorted_hypotheses_that_brute_force_scores_the_same():
+    fn, prefix = make_scorer(3), torch.tensor([2])
+    exact = {tuple(t.tolist()): s for t, _, s in brute_force(fn, prefix, 4, EOS, 0.6)}
+    got = beam_search(fn, prefix, beam_width=3, max_new_tokens=4, eos_id=EOS)
+    assert 1 <= len(got) <= 3
+    assert [h.score for h in got] == sorted((h.score for h in got), reverse=True)
+    for h in got:
+        assert_close(h.score, exact[tuple(h.tokens.tolist())], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_width_one_is_greedy(seed):
+    fn, prefix = make_scorer(seed), torch.tensor([seed % 3])
+    greedy = greedy_decode(fn, prefix[None, :], max_new_tokens=6, eos_id=EOS)[0]
+    (best,) = beam_search(fn, prefix, beam_width=1, max_new_tokens=6, eos_id=EOS)
+    assert best.tokens.tolist() == greedy.tolist()
+
+
+def test_beam_without_eos_returns_full_length_hypotheses():
+    hyps = beam_search(make_scorer(4), torch.tensor([0]), beam_width=5, max_new_tokens=3, eos_id=None)
+    assert len(hyps) == 5 and all(len(h.tokens) == 4 for h in hyps)
+    assert len({tuple(h.tokens.tolist()) for h in hyps}) == 5
+
+
+def test_zero_new_tokens_returns_the_prefix():
+    prefix = torch.tensor([[1, 2], [0, 1]])
+    assert torch.equal(greedy_decode(make_scorer(0), prefix, 0), prefix)
+    (hyp,) = beam_search(make_scorer(0), prefix[0], beam_width=3, max_new_tokens=0, eos_id=EOS)
+    assert hyp.tokens.tolist() == [1, 2] and hyp.log_prob == 0.0
+
+
+def test_greedy_pads_finished_rows_with_eos_and_stops_when_all_are_done():
+    def fn(prefix):  # row b says eos once its length exceeds its first token, otherwise token 1
+        done = prefix.shape[1] > prefix[:, 0]
+        logits = torch.zeros(prefix.shape[0], V)
+        logits[:, 1] = 1.0
+        logits[done, EOS] = 2.0
+        return logits
+
+    out = greedy_decode(fn, torch.tensor([[1], [2]]), max_new_tokens=10, eos_id=EOS)
+    assert out.tolist() == [[1, 1, EOS, EOS], [2, 1, 1, EOS]]  # row 0 padded with eos; stopped at length 4
+
+
+def test_sample_with_top_k_one_or_tiny_temperature_is_greedy():
+    fn, prefix = make_scorer(5, vocab_size=10), torch.tensor([[0], [3], [7]])
+    greedy = greedy_decode(fn, prefix, max_new_tokens=12)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample(fn, prefix, 12, top_k=1, generator=g), greedy)
+    assert torch.equal(sample(fn, prefix, 12, temperature=1e-4, generator=g), greedy)
+
+
+def test_seeded_sampling_is_reproducible_and_the_seed_matters():
+    fn, prefix = make_scorer(6, vocab_size=10, scale=0.5), torch.zeros(4, 1, dtype=torch.long)
+    draw = lambda seed: sample(fn, prefix, 20, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.5, None), (2.0, 3)])
+def test_sampling_frequencies_follow_the_tempered_top_k_distribution(temperature, top_k):
+    logits = torch.tensor([1.0, 0.0, -0.5, 2.0, 0.3])
+    n = 40_000
+    tokens = sample(lambda p: logits.expand(p.shape[0], -1), torch.zeros(n, 1, dtype=torch.long), 1,
+                    temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(0))[:, 1]
+    expected = logits / temperature
+    if top_k is not None:
+        expected = expected.masked_fill(logits < logits.topk(top_k).values[-1], -math.inf)
+    frequencies = torch.bincount(tokens, minlength=5).float() / n
+    assert_close(frequencies, expected.softmax(-1), atol=0.01, rtol=0)
+
+
+def test_errors():
+    fn, prefix = make_scorer(0), torch.tensor([[1]])
+    with pytest.raises(ValueError, match="beam_width"):
+        beam_search(fn, prefix[0], beam_width=0, max_new_tokens=3, eos_id=EOS)
+    with pytest.raises(ValueError, match="temperature"):
+        sample(fn, prefix, 3, temperature=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        sample(fn, prefix, 3, top_k=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        greedy_decode(fn, prefix, -1)
+    with pytest.raises(ValueError, match=r"prefix must have shape \(B, t0\)"):
+        greedy_decode(fn, prefix[0], 3)
+    with pytest.raises(ValueError, match=r"prefix must have shape \(t0,\)"):
+        beam_search(fn, prefix, beam_width=2, max_new_tokens=3, eos_id=EOS)
+    with pytest.raises(TypeError, match="integer token ids"):
+        greedy_decode(fn, prefix.float(), 3)
+    with pytest.raises(ValueError, match="eos_id must be <"):
+        greedy_decode(fn, prefix, 3, eos_id=V)
+    with pytest.raises(ValueError, match="next_token_logits must return"):
+        greedy_decode(lambda p: torch.zeros(V), prefix, 3)

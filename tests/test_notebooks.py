@@ -1,0 +1,66 @@
+"""Every notebook is stored executed, top to bottom, with its outputs and widget state, and starts with the setup cell."""
+
+import re
+
+import pytest
+import yaml
+
+from notebook_checks import (
+    NBVAL_TAGS, NOTEBOOKS, ROOT, WIDGET_STATE, WIDGET_VIEW, code_cells, coverage, expected_setup_cell, load, source,
+)
+
+IDS = [str(p.relative_to(ROOT)) for p in NOTEBOOKS]
+
+
+def test_there_are_notebooks():
+    assert (ROOT / "book" / "appendix_parameters.ipynb") in NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_starts_with_the_setup_cell(path):
+    cells = code_cells(load(path))
+    assert source(cells[0]) == expected_setup_cell(), "the first code cell must be the standard setup cell"
+    assert sum("import llmbook" in source(c) and "%pip install" in source(c) for c in cells) == 1
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_executed_top_to_bottom_without_errors(path):
+    cells = code_cells(load(path))
+    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
+    errors = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors, f"stored error output: {errors[0].get('ename')}"
+    assert any(c["outputs"] for c in cells), "the notebook is stored without outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_widget_state_is_stored(path):
+    nb = load(path)
+    shown = {o["data"][WIDGET_VIEW]["model_id"] for c in code_cells(nb) for o in c["outputs"]
+             if WIDGET_VIEW in o.get("data", {})}
+    state = nb["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    missing = shown - set(state)
+    assert not missing, f"{len(missing)} displayed widget(s) have no stored state: the static page cannot show them"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_nbval_tags_say_why(path):
+    for cell in code_cells(load(path)):
+        if NBVAL_TAGS & set(cell.get("metadata", {}).get("tags", [])):
+            assert re.search(r"^# nbval: \S", source(cell), re.M), (
+                "a cell tagged to escape nbval needs a '# nbval: <why>' comment\n" + source(cell)[:200])
+
+
+def test_nbval_checks_at_least_80_percent_of_cells_with_output():
+    checked = total = 0
+    for path in NOTEBOOKS:
+        c, n = coverage(load(path))
+        checked, total = checked + c, total + n
+    assert total > 0
+    assert checked / total >= 0.8, f"nbval checks the text of only {checked}/{total} cells with output"
+
+
+def test_every_notebook_is_in_the_table_of_contents():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = {entry["file"] for part in toc["parts"] for entry in part["chapters"]}
+    for path in NOTEBOOKS:
+        assert str(path.relative_to(ROOT).with_suffix("")) in files
