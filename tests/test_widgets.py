@@ -8,7 +8,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from ipywidgets.widgets.widget_link import Link  # noqa: E402
 
-from llmbook.widgets import figure_to_widget, frame_grid, frame_selector, html_table, to_widget  # noqa: E402
+from llmbook.widgets import (  # noqa: E402
+    figure_to_widget, frame_grid, frame_selector, html_heatmap, html_table, to_widget,
+)
 
 
 def _links(stack):
@@ -77,3 +79,13 @@ def test_bad_arguments(kwargs, message):
 def test_frame_grid_shape_is_checked():
     with pytest.raises(ValueError, match="grid"):
         frame_grid([["a", "b"], ["c"]], ["x", "y"], ["p", "q"])
+
+
+def test_html_heatmap_colours_by_value():
+    page = html_heatmap([[0.0, 1.0], [0.5, 0.25]], ["两", "<q>"], ["a", "b"], title="attention", digits=2)
+    assert page.count("<td") == 4 and "两" in page and "&lt;q&gt;" in page and "<caption>attention</caption>" in page
+    assert ">1.00</td>" in page and ">0.25</td>" in page
+    darkest, lightest = page.split("<td")[2], page.split("<td")[1]  # the cells holding 1.0 and 0.0
+    assert "color:#fff" in darkest and "color:#000" in lightest
+    with pytest.raises(ValueError, match="shape"):
+        html_heatmap([[1.0, 2.0]], ["a", "b"], ["c"])

@@ -45,6 +45,47 @@ def html_table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = Non
     return f'<table class="llmbook-table">{head}{body}</table>'
 
 
+def html_heatmap(
+    matrix: Any,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "Blues",
+    digits: int | None = None,
+) -> str:
+    """A matrix (e.g. attention weights, rows = queries) as an HTML table of coloured cells.
+
+    HTML rather than an image: labels in any script (Chinese characters included) use the reader's fonts, and the
+    page stays small. ``digits`` prints each value in its cell.
+    """
+    import matplotlib
+    import numpy as np
+
+    values = np.asarray(matrix, dtype=float)
+    if values.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"matrix has shape {values.shape}, labels give ({len(row_labels)}, {len(col_labels)})")
+    lo = values.min() if vmin is None else vmin
+    hi = values.max() if vmax is None else vmax
+    scaled = np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    colormap = matplotlib.colormaps[cmap]
+    cell = "width:1.9em;height:1.9em;padding:0;text-align:center;font-size:0.7em;border:1px solid #fff"
+    head = "<tr><th></th>" + "".join(f'<th style="font-weight:normal">{html.escape(str(c))}</th>' for c in col_labels)
+    rows = []
+    for label, row_values, row_scaled in zip(row_labels, values, scaled):
+        cells = []
+        for value, t in zip(row_values, row_scaled):
+            color = matplotlib.colors.to_hex(colormap(0.05 + 0.95 * t))
+            text = f"{value:.{digits}f}" if digits is not None else ""
+            ink = "#fff" if t > 0.6 else "#000"
+            cells.append(f'<td style="{cell};background:{color};color:{ink}" title="{value:.3f}">{text}</td>')
+        rows.append(f'<tr><th style="font-weight:normal;text-align:right">{html.escape(str(label))}</th>'
+                    + "".join(cells) + "</tr>")
+    caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+    return f'<table class="llmbook-heatmap" style="border-collapse:collapse">{caption}{head}</tr>{"".join(rows)}</table>'
+
+
 def to_widget(frame: Any) -> widgets.Widget:
     """A frame as a widget: widgets pass through, matplotlib figures become PNG images, strings become HTML, and a
     list or tuple of frames is stacked vertically."""
