@@ -1,0 +1,410 @@
+"""GPT-1 (Radford et al. 2018): a decoder-only Transformer pre-trained as a language model, then fine-tuned.
+
+The model is a stack of the encoder layers of Chapter 1 with a causal mask (no cross-attention): token embeddings
+plus learned position embeddings, n_layers post-LN blocks, and a language-model head tied to the token embeddings.
+Switches for what came later: ``final_norm`` and ``norm_first`` (GPT-2's pre-LN with a final LayerNorm) and
+``scaled_residual_init`` (GPT-2's 1/sqrt(2 n_layers) on the weights that write into the residual stream).
+
+Fine-tuning follows the paper's section 3.3: the input is one token sequence, <start> text <extract>, or for a pair
+<start> a <delim> b <extract>; a linear head reads the last layer's hidden state at <extract>, and the loss adds the
+language-model loss on the same inputs, L = L_cls + lambda * L_lm.
+
+Size: ``gpt_parameter_count(PRESETS["gpt1"])`` is 116,534,784, the count of Hugging Face's ``OpenAIGPTModel``. The
+GPT-1 paper gives no count; "117M" comes from the GPT-2 paper's table, whose smallest model "is equivalent to the
+original GPT", and is this number rounded: 12 blocks of 7,087,872 (85.05M), a 40,478 x 768 token matrix that is also
+the output layer (31.09M) and 512 x 768 positions (0.39M). The vocabulary is the paper's 40,000 BPE merges plus 478
+base symbols; fine-tuning adds rows for the three special tokens. (GPT-2's own smallest model, with 50,257 tokens and
+1,024 positions, has 124M.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from llmbook.attention import ATTN_IMPLS, causal_mask
+from llmbook.decoding import greedy_decode, sample
+from llmbook.layers import ACTIVATIONS, EncoderLayer
+from llmbook.positional import LearnedPositionalEmbedding
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Hyperparameters of a GPT, with the paper's names. The defaults are GPT-1's.
+
+    GPT-1: post-LN blocks (``norm_first=False``), no final LayerNorm, GELU in its tanh form (what OpenAI's code and
+    Hugging Face's ``OpenAIGPT`` compute), the output layer tied to the token embeddings, N(0, 0.02) initialisation.
+    Introduced in Chapter 2.
+    """
+
+    vocab_size: int = 40478
+    context_length: int = 512
+    d_model: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    d_ff: int = 3072
+    dropout: float = 0.1
+    activation: str = "gelu_tanh"
+    norm_first: bool = False
+    final_norm: bool = False
+    tie_embeddings: bool = True
+    scaled_residual_init: bool = False
+    attn_impl: str = "fused"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        for name in ("norm_first", "final_norm", "tie_embeddings", "scaled_residual_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+
+
+PRESETS: dict[str, GPTConfig] = {
+    "gpt1": GPTConfig(),  # the paper: 12 layers, 768 wide, 12 heads, d_ff 3072, 512 positions, 40,478 BPE tokens
+    # CPU sizes: "small" for the chapter (replace vocab_size by the tokenizer's), "tiny" for tests.
+    "small": GPTConfig(vocab_size=2048, context_length=128, d_model=128, n_heads=4, n_layers=4, d_ff=512),
+    "tiny": GPTConfig(vocab_size=64, context_length=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0),
+}
+
+
+def gpt_parameter_count(config: GPTConfig) -> int:
+    """Closed-form number of parameters of ``GPT(config)`` (a tied matrix counted once). Introduced in Chapter 2."""
+    D, F_, V = config.d_model, config.d_ff, config.vocab_size
+    attention = 4 * (D * D + D)  # W_q, W_k, W_v, W_o with biases
+    feed_forward = D * F_ + F_ + F_ * D + D  # W_1, W_2 with biases
+    block = attention + feed_forward + 2 * 2 * D  # two LayerNorms, gain and bias each
+    embeddings = V * D + config.context_length * D  # tokens and positions
+    head = 0 if config.tie_embeddings else V * D
+    final = 2 * D if config.final_norm else 0
+    return config.n_layers * block + embeddings + head + final
+
+
+def lm_loss(logits: Tensor, tokens: Tensor, pad_id: int | None = None) -> Tensor:
+    """Mean cross-entropy of predicting token t + 1 from logits at t: logits (..., T, V), tokens (..., T).
+
+    Targets equal to ``pad_id`` are left out. At initialisation the loss is close to ln V. Introduced in Chapter 2.
+    """
+    if logits.shape[:-1] != tokens.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must be tokens {tuple(tokens.shape)} plus a vocabulary axis")
+    V = logits.shape[-1]
+    predictions = logits[..., :-1, :].reshape(-1, V)  # (N, V), N = (...) * (T - 1)
+    targets = tokens[..., 1:].reshape(-1)  # (N,)
+    return F.cross_entropy(predictions.float(), targets, ignore_index=-100 if pad_id is None else pad_id)
+
+
+def _check_tokens(tokens: Tensor, config: GPTConfig) -> None:
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens must be a (B, T) tensor of token ids, got {shape}")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise TypeError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
+    if tokens.shape[1] > config.context_length:
+        raise ValueError(f"tokens has length {tokens.shape[1]}, more than context_length={config.context_length}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= config.vocab_size):
+        low, high = int(tokens.min()), int(tokens.max())
+        raise ValueError(f"token ids must be in [0, vocab_size={config.vocab_size}), got values from {low} to {high}")
+
+
+class GPT(nn.Module):
+    """Decoder-only Transformer language model: tokens (B, T) -> next-token logits (B, T, V).
+
+    ``hidden_states`` gives the last layer's output (B, T, D) for fine-tuning heads. Introduced in Chapter 2.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        D = config.d_model
+        self.tok_emb = nn.Embedding(config.vocab_size, D)
+        self.pos_emb = LearnedPositionalEmbedding(config.context_length, D)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            EncoderLayer(D, config.n_heads, config.d_ff, config.dropout, config.activation, config.norm_first,
+                         config.attn_impl, config.layer_norm_eps)
+            for _ in range(config.n_layers)
+        )
+        self.final_norm = nn.LayerNorm(D, eps=config.layer_norm_eps) if config.final_norm else nn.Identity()
+        self.lm_head = nn.Linear(D, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-1: N(0, 0.02) weights and embeddings, zero biases, LayerNorm at identity. GPT-2 shrinks the weights
+        # that add into the residual stream (W_o, W_2) by 1/sqrt(2 n_layers): there are 2 such sums per block.
+        std = 0.02
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        if isinstance(module, EncoderLayer) and self.config.scaled_residual_init:
+            for linear in (module.self_attn.W_o, module.ff.W_2):
+                nn.init.normal_(linear.weight, std=std / math.sqrt(2 * self.config.n_layers))
+
+    def hidden_states(self, tokens: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+        """tokens (B, T) -> the last block's output (B, T, D) (after the final LayerNorm, if any).
+
+        With ``need_weights`` also a list of n_layers attention weights (B, H, T, T).
+        """
+        _check_tokens(tokens, self.config)
+        T = tokens.shape[1]
+        positions = torch.arange(T, device=tokens.device)  # (T,)
+        x = self.dropout(self.tok_emb(tokens) + self.pos_emb(positions))  # (B, T, D)
+        mask = causal_mask(T, device=tokens.device)  # (T, T), broadcasts to (B, H, T, T)
+        weights = []
+        for block in self.blocks:
+            x, w = block(x, mask=mask, need_weights=need_weights)
+            weights.append(w)
+        return self.final_norm(x), (weights if need_weights else None)
+
+    def forward(self, tokens: Tensor, need_weights: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """tokens (B, T) -> logits (B, T, V), where position t predicts token t + 1.
+
+        With ``need_weights``, returns (logits, list of n_layers attention weights (B, H, T, T)).
+        """
+        h, weights = self.hidden_states(tokens, need_weights)
+        logits = self.lm_head(h)  # (B, T, V)
+        return (logits, weights) if need_weights else logits
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+        crop_context: bool = True,
+    ) -> Tensor:
+        """Continue ``prompt`` (B, t0) or (t0,) by sampling (``llmbook.decoding.sample``); temperature 0 is greedy.
+
+        The model sees at most the last context_length tokens (``crop_context``); with ``crop_context=False`` a
+        prompt that would outgrow the context is an error. Runs in eval mode and restores the mode after.
+        """
+        if not isinstance(prompt, Tensor) or prompt.dim() not in (1, 2):
+            raise ValueError("prompt must be a tensor of token ids of shape (B, t0) or (t0,)")
+        squeeze = prompt.dim() == 1
+        prompt = prompt[None, :] if squeeze else prompt
+        C = self.config.context_length
+        if not crop_context and prompt.shape[1] + max_new_tokens > C:
+            raise ValueError(
+                f"prompt length {prompt.shape[1]} + max_new_tokens {max_new_tokens} is more than "
+                f"context_length={C}; pass crop_context=True to keep only the last {C} tokens"
+            )
+        if prompt.shape[1] == 0:
+            raise ValueError("prompt must hold at least one token (e.g. <start>)")
+
+        def next_token_logits(prefix: Tensor) -> Tensor:
+            return self(prefix[:, -C:])[:, -1, :]  # (B, V)
+
+        was_training = self.training
+        self.eval()
+        try:
+            if temperature == 0:
+                out = greedy_decode(next_token_logits, prompt, max_new_tokens, eos_id)
+            else:
+                out = sample(next_token_logits, prompt, max_new_tokens, temperature, top_k, eos_id, generator)
+        finally:
+            self.train(was_training)
+        return out[0] if squeeze else out
+
+
+# Fine-tuning (the paper's section 3.3): input transformations, a classification head, the combined loss.
+def _fit(lengths: list[int], budget: int) -> list[int]:
+    """Shorten the longest of several texts, one token at a time, until their lengths sum to at most ``budget``."""
+    lengths = list(lengths)
+    while sum(lengths) > budget:
+        lengths[lengths.index(max(lengths))] -= 1
+    return lengths
+
+
+def build_classification_input(
+    text_ids: Sequence[int], start_id: int, extract_id: int, max_length: int | None = None
+) -> list[int]:
+    """<start> text <extract>. With ``max_length`` the text is cut at its end to fit. Introduced in Chapter 2."""
+    text_ids = list(text_ids)
+    if max_length is not None:
+        if max_length < 3:
+            raise ValueError(f"max_length must be >= 3 to hold <start>, a token and <extract>, got {max_length}")
+        text_ids = text_ids[: max_length - 2]
+    return [start_id, *text_ids, extract_id]
+
+
+def build_pair_inputs(
+    a_ids: Sequence[int],
+    b_ids: Sequence[int],
+    start_id: int,
+    delim_id: int,
+    extract_id: int,
+    max_length: int | None = None,
+    both_orders: bool = True,
+) -> list[list[int]]:
+    """[<start> a <delim> b <extract>, <start> b <delim> a <extract>]; only the first if not ``both_orders``.
+
+    For a symmetric question ("same play?") the paper feeds both orders and adds the two hidden states, so the
+    prediction cannot depend on the order. With ``max_length`` the longer text is shortened first. Introduced in
+    Chapter 2.
+    """
+    a_ids, b_ids = list(a_ids), list(b_ids)
+    if max_length is not None:
+        if max_length < 5:
+            raise ValueError(f"max_length must be >= 5 to hold 3 special tokens and two texts, got {max_length}")
+        n_a, n_b = _fit([len(a_ids), len(b_ids)], max_length - 3)
+        a_ids, b_ids = a_ids[:n_a], b_ids[:n_b]
+    first = [start_id, *a_ids, delim_id, *b_ids, extract_id]
+    return [first, [start_id, *b_ids, delim_id, *a_ids, extract_id]] if both_orders else [first]
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> Tensor:
+    """Right-pad token lists into a (B, T) tensor. With causal attention no real token sees the padding after it.
+
+    Introduced in Chapter 2.
+    """
+    if not sequences:
+        raise ValueError("sequences must hold at least one sequence")
+    T = max(len(s) for s in sequences)
+    return torch.tensor([list(s) + [pad_id] * (T - len(s)) for s in sequences], dtype=torch.long)  # (B, T)
+
+
+class GPTClassifier(nn.Module):
+    """GPT-1 fine-tuning: a linear head on the last hidden state at the <extract> token, plus the LM logits.
+
+    ``tokens`` is (B, T), one input per example, or (B, K, T), K inputs per example (the two orders of a pair) whose
+    hidden states at <extract> are added. Introduced in Chapter 2.
+    """
+
+    def __init__(self, gpt: GPT, n_classes: int, extract_id: int) -> None:
+        super().__init__()
+        if not isinstance(n_classes, int) or n_classes < 2:
+            raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+        if not 0 <= extract_id < gpt.config.vocab_size:
+            raise ValueError(f"extract_id must be a token id in [0, {gpt.config.vocab_size}), got {extract_id}")
+        self.gpt = gpt
+        self.extract_id = extract_id
+        self.dropout = nn.Dropout(gpt.config.dropout)
+        self.head = nn.Linear(gpt.config.d_model, n_classes)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens (B, T) or (B, K, T) -> class logits (B, n_classes) and LM logits (B, T, V) or (B, K, T, V)."""
+        if tokens.dim() not in (2, 3):
+            raise ValueError(f"tokens must have shape (B, T) or (B, K, T), got {tuple(tokens.shape)}")
+        flat = tokens.reshape(-1, tokens.shape[-1])  # (B*K, T)
+        is_extract = flat == self.extract_id  # (B*K, T)
+        if not bool((is_extract.sum(dim=1) == 1).all()):
+            raise ValueError(f"every input must hold exactly one <extract> token (id {self.extract_id})")
+        h, _ = self.gpt.hidden_states(flat)  # (B*K, T, D)
+        h_extract = h[torch.arange(flat.shape[0]), is_extract.int().argmax(dim=1)]  # (B*K, D)
+        h_extract = h_extract.view(*tokens.shape[:-1], -1)  # (B, D) or (B, K, D)
+        if tokens.dim() == 3:
+            h_extract = h_extract.sum(dim=1)  # (B, D): the paper adds the representations of both orders
+        lm_logits = self.gpt.lm_head(h).view(*tokens.shape, -1)  # (B, [K,] T, V)
+        return self.head(self.dropout(h_extract)), lm_logits
+
+
+def finetune_loss(
+    class_logits: Tensor, labels: Tensor, lm_logits: Tensor, tokens: Tensor, lm_weight: float = 0.5,
+    pad_id: int | None = None,
+) -> Tensor:
+    """The paper's L3 = L2 (classification cross-entropy) + lambda * L1 (LM loss on the inputs); lambda = 0.5 in
+    the paper. Introduced in Chapter 2.
+    """
+    if lm_weight < 0:
+        raise ValueError(f"lm_weight must be >= 0, got {lm_weight!r}")
+    loss = F.cross_entropy(class_logits.float(), labels)
+    return loss + lm_weight * lm_loss(lm_logits, tokens, pad_id) if lm_weight > 0 else loss
+
+
+# Loading Hugging Face OpenAIGPT weights: the one key map for GPT-1.
+_HF_BLOCK = {  # inside transformer.h.N. (Conv1D weights are stored (in, out): transposed to nn.Linear's (out, in))
+    "attn.c_proj": "self_attn.W_o",
+    "ln_1": "norm1",
+    "mlp.c_fc": "ff.W_1",
+    "mlp.c_proj": "ff.W_2",
+    "ln_2": "norm2",
+}
+
+
+def load_openai_gpt_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) -> list[str]:
+    """Copy a Hugging Face ``OpenAIGPTLMHeadModel`` (or ``OpenAIGPTModel``) state dict into ``model``.
+
+    Hugging Face keeps GPT-1's ``Conv1D`` layers, whose weights are the transpose of ``nn.Linear``'s, and one fused
+    ``c_attn`` (D, 3D) for the query, key and value projections, split here into W_q, W_k, W_v. Every parameter of
+    ``model`` must be found; returns the HF keys it has no place for (e.g. a multiple-choice head).
+    Introduced in Chapter 2.
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
+    c = model.config
+    if c.norm_first or c.final_norm:
+        raise ValueError("OpenAI GPT weights need norm_first=False and final_norm=False (post-LN, no final norm)")
+    hf = {k.removeprefix("transformer."): v for k, v in hf_state_dict.items()}
+    D = c.d_model
+    state: dict[str, Tensor] = {}
+    unused = []
+    for name, tensor in hf.items():
+        if name == "tokens_embed.weight":
+            state["tok_emb.weight"] = tensor
+        elif name == "positions_embed.weight":
+            state["pos_emb.pos_emb.weight"] = tensor
+        elif name == "lm_head.weight":
+            if c.tie_embeddings:
+                if "tokens_embed.weight" in hf and not torch.equal(tensor, hf["tokens_embed.weight"]):
+                    raise ValueError("tie_embeddings=True but lm_head.weight differs from tokens_embed.weight")
+            else:
+                state["lm_head.weight"] = tensor
+        elif name.startswith("h."):
+            n, module_param = name[2:].split(".", 1)
+            module, param = module_param.rsplit(".", 1)
+            prefix = f"blocks.{n}"
+            if module == "attn" and param == "bias":  # a causal-mask buffer in older checkpoints
+                continue
+            if module == "attn.c_attn":  # fused (D, 3D) weight or (3D,) bias -> W_q, W_k, W_v
+                parts = tensor.split(D, dim=-1)
+                for w, part in zip(("W_q", "W_k", "W_v"), parts):
+                    state[f"{prefix}.self_attn.{w}.{param}"] = part.t() if param == "weight" else part
+            elif module in _HF_BLOCK:
+                conv = module.startswith(("attn.", "mlp.")) and param == "weight"
+                state[f"{prefix}.{_HF_BLOCK[module]}.{param}"] = tensor.t() if conv else tensor
+            else:
+                raise ValueError(f"hf_state_dict has a key the GPT key map does not know: {name!r}")
+        elif name == "position_ids":
+            continue
+        else:
+            unused.append(name)
+    if c.tie_embeddings and "tok_emb.weight" in state:
+        state["lm_head.weight"] = state["tok_emb.weight"]  # one matrix under two names
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(state))
+    if missing:
+        raise ValueError(f"hf_state_dict lacks weights for: {missing}")
+    for name, tensor in state.items():
+        if name not in ours:
+            raise ValueError(f"{name} is not a parameter of this model (different depth?)")
+        if tuple(tensor.shape) != tuple(ours[name].shape):
+            raise ValueError(f"{name} needs shape {tuple(ours[name].shape)}, Hugging Face has {tuple(tensor.shape)}")
+    model.load_state_dict(state, strict=True)
+    return sorted(unused)

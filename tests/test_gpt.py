@@ -1,0 +1,279 @@
+"""GPT-1: equivalence with Hugging Face OpenAIGPT, parameter counts, causality, generation, fine-tuning inputs."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTModel
+
+from llmbook.gpt import (
+    GPT,
+    PRESETS,
+    GPTClassifier,
+    GPTConfig,
+    build_classification_input,
+    build_pair_inputs,
+    finetune_loss,
+    gpt_parameter_count,
+    lm_loss,
+    load_openai_gpt_state_dict,
+    pad_batch,
+)
+
+TINY = PRESETS["tiny"]
+START, DELIM, EXTRACT, PAD = 1, 2, 3, 0
+
+
+def _hf_pair(attn_impl="manual"):
+    """A random tiny HF OpenAIGPT, every parameter perturbed (biases, LayerNorms too), and ours loaded from it."""
+    torch.manual_seed(0)
+    hf_config = OpenAIGPTConfig(vocab_size=61, n_positions=20, n_embd=32, n_layer=2, n_head=4, afn="gelu",
+                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = OpenAIGPTLMHeadModel(hf_config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    config = GPTConfig(vocab_size=61, context_length=20, d_model=32, n_heads=4, n_layers=2, d_ff=128, dropout=0.0,
+                       attn_impl=attn_impl, layer_norm_eps=hf_config.layer_norm_epsilon)
+    ours = GPT(config).eval()
+    assert load_openai_gpt_state_dict(ours, hf.state_dict()) == []
+    return hf, ours
+
+
+@pytest.mark.parametrize("attn_impl", ["manual", "fused"])
+def test_logits_equal_hugging_face_openai_gpt(attn_impl):
+    hf, ours = _hf_pair(attn_impl)
+    tokens = torch.randint(0, 61, (3, 20))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        torch.testing.assert_close(ours(tokens), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours(tokens[:, :7]), expected[:, :7], rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_states_and_attention_weights_equal_hugging_face():
+    hf, ours = _hf_pair("manual")
+    tokens = torch.randint(0, 61, (2, 12))
+    with torch.no_grad():
+        out = hf.transformer(tokens, output_attentions=True)
+        h, weights = ours.hidden_states(tokens, need_weights=True)
+        logits, weights_again = ours(tokens, need_weights=True)
+    torch.testing.assert_close(h, out.last_hidden_state, rtol=1e-5, atol=1e-5)
+    assert len(weights) == 2
+    for w, hf_w in zip(weights, out.attentions):
+        torch.testing.assert_close(w, hf_w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights_again[1], weights[1])
+    assert logits.shape == (2, 12, 61)
+
+
+def test_key_map_splits_the_fused_c_attn_and_transposes_conv1d():
+    hf, ours = _hf_pair()
+    c_attn = hf.transformer.h[1].attn.c_attn  # Conv1D: y = x @ W + b, W of shape (D, 3D)
+    attn = ours.blocks[1].self_attn
+    torch.testing.assert_close(attn.W_q.weight, c_attn.weight[:, :32].t())
+    torch.testing.assert_close(attn.W_k.weight, c_attn.weight[:, 32:64].t())
+    torch.testing.assert_close(attn.W_v.bias, c_attn.bias[64:])
+    torch.testing.assert_close(ours.blocks[0].ff.W_1.weight, hf.transformer.h[0].mlp.c_fc.weight.t())
+    assert ours.lm_head.weight is ours.tok_emb.weight
+
+
+def test_key_map_accepts_a_bare_model_and_rejects_a_mismatch():
+    hf, _ = _hf_pair()
+    bare = OpenAIGPTModel(hf.config)
+    bare.load_state_dict(hf.transformer.state_dict())
+    ours = GPT(dataclasses.replace(TINY, vocab_size=61, context_length=20, d_ff=128))
+    load_openai_gpt_state_dict(ours, bare.state_dict())
+    torch.testing.assert_close(ours.tok_emb.weight, hf.transformer.tokens_embed.weight)
+    deeper = GPT(dataclasses.replace(TINY, vocab_size=61, context_length=20, d_ff=128, n_layers=3))
+    with pytest.raises(ValueError, match="lacks weights"):
+        load_openai_gpt_state_dict(deeper, hf.state_dict())
+    with pytest.raises(ValueError, match="norm_first"):
+        load_openai_gpt_state_dict(GPT(dataclasses.replace(TINY, norm_first=True)), hf.state_dict())
+
+
+def test_gpt1_parameter_count_closed_form_meta_model_and_hugging_face():
+    config = PRESETS["gpt1"]
+    assert gpt_parameter_count(config) == 116_534_784  # "117M"
+    with torch.device("meta"):
+        ours = GPT(config)
+        hf = OpenAIGPTLMHeadModel(OpenAIGPTConfig())
+    assert sum(p.numel() for p in ours.parameters()) == 116_534_784
+    assert sum(p.numel() for p in hf.parameters()) == 116_534_784
+
+
+@pytest.mark.parametrize("changes", [{}, {"tie_embeddings": False}, {"final_norm": True, "norm_first": True},
+                                     {"d_ff": 48, "n_layers": 3}])
+def test_parameter_count_closed_form_for_variants(changes):
+    config = dataclasses.replace(TINY, **changes)
+    assert sum(p.numel() for p in GPT(config).parameters()) == gpt_parameter_count(config)
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    torch.manual_seed(1)
+    model = GPT(TINY).eval()
+    tokens = torch.randint(0, TINY.vocab_size, (2, 16))
+    changed = tokens.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % TINY.vocab_size
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    torch.testing.assert_close(a[:, :9], b[:, :9])
+    assert (a[:, 9:] - b[:, 9:]).abs().amax(dim=-1).min() > 1e-6  # every later position sees the change
+
+
+def test_manual_and_fused_attention_agree():
+    torch.manual_seed(2)
+    manual = GPT(dataclasses.replace(TINY, attn_impl="manual")).eval()
+    fused = GPT(dataclasses.replace(TINY, attn_impl="fused")).eval()
+    fused.load_state_dict(manual.state_dict())
+    tokens = torch.randint(0, TINY.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(tokens), manual(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_switches_tie_final_norm_and_scaled_residual_init():
+    torch.manual_seed(3)
+    untied = GPT(dataclasses.replace(TINY, tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.tok_emb.weight
+    assert isinstance(GPT(dataclasses.replace(TINY, final_norm=True)).final_norm, torch.nn.LayerNorm)
+    deep = dataclasses.replace(TINY, n_layers=8, d_model=64, d_ff=256)
+    plain = GPT(deep).blocks[0].self_attn.W_o.weight.std().item()
+    scaled_model = GPT(dataclasses.replace(deep, scaled_residual_init=True))
+    scaled = scaled_model.blocks[0].self_attn.W_o.weight.std().item()
+    assert plain == pytest.approx(0.02, rel=0.1)
+    assert scaled == pytest.approx(0.02 / math.sqrt(16), rel=0.1)
+    assert scaled_model.blocks[0].self_attn.W_q.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_loss_at_initialisation_is_close_to_ln_v_and_pads_are_ignored():
+    torch.manual_seed(4)
+    config = dataclasses.replace(TINY, vocab_size=500)
+    model = GPT(config).eval()
+    tokens = torch.randint(0, 500, (8, 16))
+    with torch.no_grad():
+        logits = model(tokens)
+    loss = lm_loss(logits, tokens)
+    assert loss.item() == pytest.approx(math.log(500), abs=0.1)
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 500), tokens[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+    padded = tokens.clone()
+    padded[:, 10:] = PAD
+    kept = F.cross_entropy(logits[:, :9].reshape(-1, 500), padded[:, 1:10].reshape(-1))
+    torch.testing.assert_close(lm_loss(logits, padded, pad_id=PAD), kept)
+
+
+def test_training_overfits_one_batch():
+    torch.manual_seed(5)
+    model = GPT(TINY)
+    tokens = torch.randint(0, TINY.vocab_size, (4, 16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = lm_loss(model(tokens), tokens)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5  # from about ln 64 = 4.2
+
+
+def test_seeded_generation_is_reproducible_and_crops_the_context():
+    torch.manual_seed(6)
+    model = GPT(TINY)
+    prompt = torch.randint(0, TINY.vocab_size, (2, 5))
+    a = model.generate(prompt, 30, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    b = model.generate(prompt, 30, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    c = model.generate(prompt, 30, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(8))
+    assert a.shape == (2, 35) and torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a[:, :5], prompt)
+    assert model.training  # the mode is restored
+    single = model.generate(prompt[0], 3, temperature=0)
+    assert single.shape == (8,)
+    with torch.no_grad():
+        model.eval()
+        greedy_next = model(single[None, :5])[0, -1].argmax()
+    assert single[5] == greedy_next
+    with pytest.raises(ValueError, match="crop_context"):
+        model.generate(prompt, 12, crop_context=False)  # 5 + 12 > 16
+    assert model.generate(prompt, 11, crop_context=False).shape == (2, 16)
+
+
+def test_clear_errors_for_bad_inputs_and_configs():
+    model = GPT(TINY)
+    with pytest.raises(ValueError, match="context_length=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"vocab_size=64\).*64"):
+        model(torch.tensor([[1, 2, 64]]))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(torch.tensor([[-1, 2]]))
+    with pytest.raises(TypeError, match="integer"):
+        model(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        model(torch.zeros(4, dtype=torch.long))
+    for bad, field in [({"d_model": 30}, "divisible"), ({"activation": "swish"}, "activation"),
+                       ({"attn_impl": "flash"}, "attn_impl"), ({"dropout": 1.0}, "dropout"),
+                       ({"vocab_size": 0}, "vocab_size"), ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
+                       ({"norm_first": 1}, "norm_first")]:
+        with pytest.raises(ValueError, match=field):
+            dataclasses.replace(TINY, **bad)
+
+
+def test_input_transformations_build_the_papers_sequences():
+    assert build_classification_input([10, 11, 12], START, EXTRACT) == [START, 10, 11, 12, EXTRACT]
+    assert build_classification_input([10, 11, 12, 13], START, EXTRACT, max_length=4) == [START, 10, 11, EXTRACT]
+    assert build_pair_inputs([10, 11], [20], START, DELIM, EXTRACT) == [
+        [START, 10, 11, DELIM, 20, EXTRACT],
+        [START, 20, DELIM, 10, 11, EXTRACT],
+    ]
+    assert build_pair_inputs([10, 11], [20], START, DELIM, EXTRACT, both_orders=False) == [
+        [START, 10, 11, DELIM, 20, EXTRACT]
+    ]
+    a, _ = build_pair_inputs(list(range(10, 20)), [20, 21], START, DELIM, EXTRACT, max_length=9)
+    assert a == [START, 10, 11, 12, 13, DELIM, 20, 21, EXTRACT]  # the longer text is shortened first
+    assert pad_batch([[1, 2, 3], [4]], PAD).tolist() == [[1, 2, 3], [4, 0, 0]]
+
+
+def _classifier():
+    torch.manual_seed(9)
+    return GPTClassifier(GPT(TINY), n_classes=3, extract_id=EXTRACT).eval()
+
+
+def test_classifier_reads_the_hidden_state_at_extract_and_ignores_padding():
+    clf = _classifier()
+    seqs = [build_classification_input([10, 11, 12, 13], START, EXTRACT), build_classification_input([20], START,
+                                                                                                     EXTRACT)]
+    tokens = pad_batch(seqs, PAD)  # (2, 6)
+    with torch.no_grad():
+        class_logits, lm_logits = clf(tokens)
+        h, _ = clf.gpt.hidden_states(tokens)
+        alone = clf(torch.tensor([seqs[1]]))[0]
+    torch.testing.assert_close(class_logits, clf.head(h[[0, 1], [5, 2]]))
+    torch.testing.assert_close(alone[0], class_logits[1])  # padding after <extract> changes nothing
+    assert lm_logits.shape == (2, 6, TINY.vocab_size)
+    with pytest.raises(ValueError, match="exactly one <extract>"):
+        clf(torch.tensor([[START, 10, 11]]))
+
+
+def test_pair_classifier_adds_both_orders_so_it_is_symmetric():
+    clf = _classifier()
+    ab = pad_batch(build_pair_inputs([10, 11, 12], [20, 21], START, DELIM, EXTRACT), PAD)  # (2, T): both orders
+    ba = pad_batch(build_pair_inputs([20, 21], [10, 11, 12], START, DELIM, EXTRACT), PAD)
+    with torch.no_grad():
+        logits_ab, lm_ab = clf(ab[None])  # (1, 2, T)
+        logits_ba, _ = clf(ba[None])
+        one_order, _ = clf(ab[:1])
+        h, _ = clf.gpt.hidden_states(ab)
+    torch.testing.assert_close(logits_ab, logits_ba)
+    torch.testing.assert_close(logits_ab[0], clf.head(h[0, -1] + h[1, -1]))
+    assert not torch.allclose(logits_ab, one_order)
+    assert lm_ab.shape == (1, 2, ab.shape[1], TINY.vocab_size)
+
+
+def test_finetune_loss_is_classification_plus_weighted_lm_loss():
+    clf = _classifier()
+    tokens = pad_batch([build_classification_input([10, 11], START, EXTRACT)] * 2, PAD)
+    labels = torch.tensor([0, 2])
+    class_logits, lm_logits = clf(tokens)
+    loss = finetune_loss(class_logits, labels, lm_logits, tokens, lm_weight=0.5, pad_id=PAD)
+    expected = F.cross_entropy(class_logits, labels) + 0.5 * lm_loss(lm_logits, tokens, PAD)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(finetune_loss(class_logits, labels, lm_logits, tokens, lm_weight=0.0),
+                               F.cross_entropy(class_logits, labels))
