@@ -6,17 +6,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
-from ipywidgets.widgets.widget_link import Link  # noqa: E402
+from ipywidgets.embed import embed_data  # noqa: E402
 
 from llmbook.widgets import (  # noqa: E402
     figure_to_widget, frame_grid, frame_selector, html_heatmap, html_table, to_widget,
 )
 
 
-def _links(stack):
-    """The jslinks whose target is this stack's selected_index."""
-    return [w for w in widgets.Widget.widgets.values()
-            if isinstance(w, Link) and w.target == (stack, "selected_index")]
+def _link_sources(stack):
+    """Sources of the jslinks that drive this stack, read from the widget state a static page embeds."""
+    state = embed_data(views=[stack])["manager_state"]["state"]
+    return [tuple(model["state"]["source"]) for model in state.values()
+            if model["model_name"] == "LinkModel"
+            and model["state"]["target"] == [f"IPY_MODEL_{stack.model_id}", "selected_index"]]
 
 
 def test_frame_selector_links_control_to_stack():
@@ -24,8 +26,7 @@ def test_frame_selector_links_control_to_stack():
     control, stack = w.children
     assert isinstance(stack, widgets.Stack) and stack.selected_index == 1
     assert [c.value for c in stack.children] == ["<b>a</b>", "<b>b</b>", "<b>c</b>"]
-    (link,) = _links(stack)
-    assert link.source == (control, "index")
+    assert _link_sources(stack) == [(f"IPY_MODEL_{control.model_id}", "index")]
     # jslink lives in the browser; its Python side is the link model, which the static page replays.
     control.index = 2
     assert control.value == "z"
@@ -54,9 +55,9 @@ def test_frame_grid_nests_stacks():
     (row_control, col_control), outer = w.children[0].children, w.children[1]
     assert len(outer.children) == 2 and all(len(inner.children) == 3 for inner in outer.children)
     assert outer.children[1].children[2].value == "yc"
-    assert _links(outer)[0].source == (row_control, "index")
+    assert _link_sources(outer) == [(f"IPY_MODEL_{row_control.model_id}", "index")]
     for inner in outer.children:
-        assert _links(inner)[0].source == (col_control, "index")
+        assert _link_sources(inner) == [(f"IPY_MODEL_{col_control.model_id}", "index")]
 
 
 def test_html_table_escapes():
@@ -89,3 +90,12 @@ def test_html_heatmap_colours_by_value():
     assert "color:#fff" in darkest and "color:#000" in lightest
     with pytest.raises(ValueError, match="shape"):
         html_heatmap([[1.0, 2.0]], ["a", "b"], ["c"])
+
+
+def test_without_stack_a_python_callback_swaps_frames(monkeypatch):
+    # ipywidgets 7 (Colab's for years) has no Stack: in a live kernel the frame is swapped by a callback instead.
+    monkeypatch.setattr("llmbook.widgets.HAS_STACK", False)
+    control, box = frame_selector(["<b>a</b>", "<b>b</b>"], ["x", "y"]).children
+    assert isinstance(box, widgets.Box) and [c.value for c in box.children] == ["<b>a</b>"]
+    control.index = 1
+    assert [c.value for c in box.children] == ["<b>b</b>"]
