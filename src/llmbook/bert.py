@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmbook.attention import ATTN_IMPLS, padding_mask
+from llmbook.attention import padding_mask
+from llmbook.config import check_model_config
 from llmbook.layers import ACTIVATIONS, EncoderLayer
 from llmbook.positional import LearnedPositionalEmbedding
 
@@ -37,20 +38,9 @@ class BertConfig:
     pad_id: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "type_vocab_size", "d_model", "n_heads", "n_layers", "d_ff"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        check_model_config(
+            self, ("vocab_size", "context_length", "type_vocab_size", "d_model", "n_heads", "n_layers", "d_ff")
+        )
         pad_ok = isinstance(self.pad_id, int) and not isinstance(self.pad_id, bool)
         if not (pad_ok and 0 <= self.pad_id < self.vocab_size):
             raise ValueError(f"pad_id must be an integer in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}")

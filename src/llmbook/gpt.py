@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmbook.attention import ATTN_IMPLS, causal_mask
+from llmbook.attention import causal_mask
+from llmbook.config import check_model_config
 from llmbook.decoding import greedy_decode, sample
-from llmbook.layers import ACTIVATIONS, EncoderLayer
+from llmbook.layers import EncoderLayer
 from llmbook.positional import LearnedPositionalEmbedding
 
 
@@ -58,23 +59,10 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
-        for name in ("norm_first", "final_norm", "tie_embeddings", "scaled_residual_init"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        check_model_config(
+            self, ("vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff"),
+            ("norm_first", "final_norm", "tie_embeddings", "scaled_residual_init"),
+        )
 
 
 PRESETS: dict[str, GPTConfig] = {

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from llmbook.attention import ATTN_IMPLS, causal_mask, padding_mask
+from llmbook.attention import causal_mask, padding_mask
+from llmbook.config import check_model_config
 from llmbook.decoding import NextTokenLogits
-from llmbook.layers import ACTIVATIONS, DecoderLayer, EncoderLayer
+from llmbook.layers import DecoderLayer, EncoderLayer
 from llmbook.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 POSITIONS = ("sinusoidal", "learned")
@@ -54,22 +55,14 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_model_config(
+            self, ("src_vocab_size", "tgt_vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff"),
+            ("norm_first", "tie_embeddings"),
+        )
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.positions == "sinusoidal" and self.d_model % 2 != 0:
             raise ValueError(f"d_model must be even for sinusoidal positions, got {self.d_model}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         if self.tie_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
                 "tie_embeddings=True shares one matrix between source and target, so src_vocab_size "
@@ -78,8 +71,6 @@ class TransformerConfig:
             )
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id must be a token id in both vocabularies, got {self.pad_id}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
 
 
 PRESETS: dict[str, TransformerConfig] = {
