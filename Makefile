@@ -12,7 +12,6 @@ JB_FLAGS := -W -n --keep-going
 export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export MPLBACKEND := Agg
 
 .PHONY: setup book test test-package test-notebooks test-browser execute clean
 

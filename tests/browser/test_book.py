@@ -132,3 +132,20 @@ def test_appendix_widget_works_from_disk(browser):
     watch = PageWatch(browser, "file")
     _check_appendix_widget(watch.open((HTML / "book" / "appendix_parameters.html").as_uri()))
     assert not watch.outside, f"requests left the disk: {watch.outside}"
+
+
+def test_chapter1_training_slider_replays_training(server, browser):
+    watch = PageWatch(browser, "http")
+    page = watch.open(f"{server}/chapters/01_transformer.html")
+    widget = page.locator('.widget-vbox:has(.widget-slider):has-text("validation exact match")').first
+    widget.wait_for(timeout=WIDGET_RENDER_MS)
+    shown = widget.locator("b", has_text="step").first
+    before = shown.inner_text()
+    handle = widget.locator(".noUi-handle").first
+    handle.focus()
+    handle.press("ArrowRight")
+    page.wait_for_timeout(300)
+    after = widget.locator("b", has_text="step").first.inner_text()
+    assert before.startswith("step ") and after.startswith("step ")
+    assert int(after.split()[1]) > int(before.split()[1]), (before, after)
+    assert not watch.errors and not watch.outside
