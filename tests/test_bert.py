@@ -227,7 +227,7 @@ def test_input_errors_name_the_problem():
     [
         ("d_model", 30), ("n_heads", 0), ("vocab_size", 2.5), ("n_layers", True), ("dropout", 1.0),
         ("activation", "swish"), ("attn_impl", "flash"), ("pad_id", 100), ("layer_norm_eps", 0.0),
-        ("type_vocab_size", 0),
+        ("type_vocab_size", 0), ("norm_first", 1),
     ],
 )
 def test_bad_config_names_the_field(field, value):
@@ -243,3 +243,22 @@ def test_config_is_frozen_and_presets_match_the_papers():
     assert (large.n_layers, large.d_model, large.n_heads, large.d_ff) == (24, 1024, 16, 4096)
     assert (base.vocab_size, base.context_length, base.type_vocab_size) == (30522, 512, 2)
     assert BertConfig() == base
+
+
+def test_pre_ln_switch_is_the_layers_pre_ln_plus_a_final_norm():
+    config = dataclasses.replace(PRESETS["tiny"], norm_first=True)
+    with torch.device("meta"):
+        model = BertForMaskedLM(config)
+    assert sum(p.numel() for p in model.parameters()) == bert_parameter_count(config, mlm_head=True)
+    assert bert_parameter_count(config) == bert_parameter_count(PRESETS["tiny"]) + 2 * config.d_model
+    torch.manual_seed(0)
+    bert = Bert(config).eval()
+    tokens = torch.randint(1, config.vocab_size, (2, 7))
+    x = bert.emb_norm(bert.tok_emb(tokens) + bert.seg_emb(torch.zeros_like(tokens)) + bert.pos_emb(torch.arange(7)))
+    for layer in bert.layers:  # pre-LN: x + attn(norm1(x)), then x + ff(norm2(x))
+        h = layer.norm1(x)
+        x = x + layer.self_attn(h)[0]
+        x = x + layer.ff(layer.norm2(x))
+    torch.testing.assert_close(bert(tokens), bert.final_norm(x), atol=ATOL, rtol=RTOL)
+    with pytest.raises(ValueError, match="norm_first"):
+        load_hf_bert_state_dict(BertForMaskedLM(config), transformers.BertForMaskedLM(hf_config()).state_dict())

@@ -36,10 +36,14 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     attn_impl: str = "fused"
     pad_id: int = 0
+    # BERT is post-LN. norm_first=True moves each LayerNorm to the input of its sub-layer and adds one after the
+    # last layer (GPT-2's arrangement), which trains from scratch more easily at tiny scale. Chapter 3 compares them.
+    norm_first: bool = False
 
     def __post_init__(self) -> None:
         check_model_config(
-            self, ("vocab_size", "context_length", "type_vocab_size", "d_model", "n_heads", "n_layers", "d_ff")
+            self, ("vocab_size", "context_length", "type_vocab_size", "d_model", "n_heads", "n_layers", "d_ff"),
+            ("norm_first",),
         )
         pad_ok = isinstance(self.pad_id, int) and not isinstance(self.pad_id, bool)
         if not (pad_ok and 0 <= self.pad_id < self.vocab_size):
@@ -96,7 +100,7 @@ def bert_parameter_count(config: BertConfig, pooler: bool = False, mlm_head: boo
     attention = 4 * (D * D + D)  # W_q, W_k, W_v, W_o with biases
     feed_forward = (D * d_ff + d_ff) + (d_ff * D + D)
     layer = attention + feed_forward + 2 * 2 * D  # + two LayerNorms
-    total = embeddings + L * layer
+    total = embeddings + L * layer + (2 * D if config.norm_first else 0)  # the final LayerNorm of pre-LN
     if pooler:
         total += D * D + D
     if mlm_head:
@@ -129,10 +133,11 @@ class Bert(nn.Module):
         self.layers = nn.ModuleList(
             EncoderLayer(
                 D, config.n_heads, config.d_ff, config.dropout, config.activation,
-                norm_first=False, attn_impl=config.attn_impl, layer_norm_eps=config.layer_norm_eps,
+                norm_first=config.norm_first, attn_impl=config.attn_impl, layer_norm_eps=config.layer_norm_eps,
             )
             for _ in range(config.n_layers)
         )
+        self.final_norm = nn.LayerNorm(D, eps=config.layer_norm_eps) if config.norm_first else nn.Identity()
         self.apply(_init_bert_weights)
 
     def _check_inputs(self, tokens: Tensor, segments: Tensor, attention_mask: Tensor | None) -> None:
@@ -177,7 +182,7 @@ class Bert(nn.Module):
         for layer in self.layers:
             x, weights = layer(x, mask=mask, need_weights=need_weights)
             all_weights.append(weights)
-        return x, (all_weights if need_weights else None)
+        return self.final_norm(x), (all_weights if need_weights else None)
 
     def forward(
         self,
@@ -355,6 +360,8 @@ def load_hf_bert_state_dict(model: nn.Module, hf_state_dict: dict[str, Tensor]) 
     """
     if not isinstance(model, (Bert, BertForMaskedLM, BertClassifier)):
         raise TypeError(f"model must be a Bert, BertForMaskedLM or BertClassifier, got {type(model).__name__}")
+    if model.config.norm_first:
+        raise ValueError("Hugging Face BERT weights need norm_first=False (BERT is post-LN)")
     body_prefix = "" if isinstance(model, Bert) else "bert."
     hf = {(k[len("bert."):] if k.startswith("bert.") else k): v for k, v in hf_state_dict.items()}
     for alias, source in _HF_ALIASES.items():

@@ -149,3 +149,19 @@ def test_chapter1_training_slider_replays_training(server, browser):
     assert before.startswith("step ") and after.startswith("step ")
     assert int(after.split()[1]) > int(before.split()[1]), (before, after)
     assert not watch.errors and not watch.outside
+
+
+def test_chapter2_sample_grid_switches_samples(server, browser):
+    watch = PageWatch(browser, "http")
+    page = watch.open(f"{server}/chapters/02_gpt1.html")
+    widget = page.locator('.widget-vbox:has(.widget-slider:has-text("temperature"))').first
+    widget.wait_for(timeout=WIDGET_RENDER_MS)
+    before = widget.locator("pre:visible").first.inner_text()
+    handle = widget.locator(".noUi-handle").first  # the temperature slider comes first
+    handle.focus()
+    handle.press("ArrowRight")
+    page.wait_for_timeout(300)
+    after = widget.locator("pre:visible").first.inner_text()
+    assert before.startswith("ROMEO:") and after.startswith("ROMEO:")
+    assert after != before
+    assert not watch.errors and not watch.outside
