@@ -48,6 +48,8 @@ def test_nbval_tags_say_why(path):
         if NBVAL_TAGS & set(cell.get("metadata", {}).get("tags", [])):
             assert re.search(r"^# nbval: \S", source(cell), re.M), (
                 "a cell tagged to escape nbval needs a '# nbval: <why>' comment\n" + source(cell)[:200])
+        elif re.search(r"^# nbval: ", source(cell), re.M):
+            raise AssertionError("a '# nbval:' comment without an nbval tag escapes nothing\n" + source(cell)[:200])
 
 
 def test_nbval_checks_at_least_80_percent_of_cells_with_output():
