@@ -165,3 +165,16 @@ def test_chapter2_sample_grid_switches_samples(server, browser):
     assert before.startswith("ROMEO:") and after.startswith("ROMEO:")
     assert after != before
     assert not watch.errors and not watch.outside
+
+
+def test_chapter3_similarity_menu_switches_sentence_sets(server, browser):
+    watch = PageWatch(browser, "http")
+    page = watch.open(f"{server}/chapters/03_bert.html")
+    widget = page.locator('.widget-vbox:has(.widget-dropdown:has-text("sentences"))').first
+    widget.wait_for(timeout=WIDGET_RENDER_MS)
+    assert "The cat sits on the mat." in widget.inner_text()
+    widget.locator(".widget-dropdown select").select_option(label="negation")
+    page.wait_for_timeout(300)
+    shown = widget.inner_text()
+    assert "I do not love this play." in shown and "The cat sits on the mat." not in shown
+    assert not watch.errors and not watch.outside
