@@ -5,6 +5,7 @@ import sys
 from collections import Counter
 
 import pytest
+import torch
 
 from llmbook.data import shakespeare
 from llmbook.data.shakespeare import (
@@ -16,6 +17,7 @@ from llmbook.data.shakespeare import (
     clean_play,
     corpus_checksum,
     corpus_statistics,
+    encode_plays,
     genre_passages,
     load_plays,
     same_play_pairs,
@@ -174,3 +176,18 @@ def test_task_arguments_are_checked(plays):
         same_play_pairs([p for p in plays if p.split == "train"], "test", 2)
     with pytest.raises(ValueError, match="at least two plays"):
         same_play_pairs([p for p in plays if p.slug == "macbeth"], "validation", 2)
+
+
+def test_encode_plays_is_each_play_encoded_whole_with_optional_start_tokens(plays):
+    from llmbook.tokenizer import train_bpe
+
+    held_out = [p for p in plays if p.split == "validation"]
+    tokenizer = train_bpe((p.text for p in held_out), vocab_size=300)
+    whole = [tokenizer.encode(p.text) for p in held_out]
+    assert encode_plays(tokenizer, plays, "validation").tolist() == [i for ids in whole for i in ids]
+    with_starts = encode_plays(tokenizer, plays, "validation", start_id=tokenizer.start_id)
+    assert with_starts.dtype == torch.long
+    assert with_starts.tolist() == [i for ids in whole for i in (tokenizer.start_id, *ids)]
+    assert tokenizer.decode(with_starts[1 : 1 + len(whole[0])]) == held_out[0].text
+    with pytest.raises(ValueError, match="split"):
+        encode_plays(tokenizer, plays, "dev")

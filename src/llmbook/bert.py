@@ -37,7 +37,7 @@ class BertConfig:
     attn_impl: str = "fused"
     pad_id: int = 0
     # BERT is post-LN. norm_first=True moves each LayerNorm to the input of its sub-layer and adds one after the
-    # last layer (GPT-2's arrangement), which trains from scratch more easily at tiny scale. Chapter 3 compares them.
+    # last layer (GPT-2's arrangement, which helps GPT train at tiny scale; Chapter 3 reports it did not help BERT).
     norm_first: bool = False
 
     def __post_init__(self) -> None:

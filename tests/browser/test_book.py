@@ -134,17 +134,30 @@ def test_appendix_widget_works_from_disk(browser):
     assert not watch.outside, f"requests left the disk: {watch.outside}"
 
 
-def test_chapter1_training_slider_replays_training(server, browser):
+def _open_widget(server, browser, page_name, selector):
+    """Open a built page over http and wait for the first widget matching ``selector``: (watch, page, widget)."""
     watch = PageWatch(browser, "http")
-    page = watch.open(f"{server}/chapters/01_transformer.html")
-    widget = page.locator('.widget-vbox:has(.widget-slider):has-text("validation exact match")').first
+    page = watch.open(f"{server}/{page_name}")
+    widget = page.locator(selector).first
     widget.wait_for(timeout=WIDGET_RENDER_MS)
-    shown = widget.locator("b", has_text="step").first
-    before = shown.inner_text()
+    return watch, page, widget
+
+
+def _nudge_first_slider(page, widget):
+    """Move the widget's first slider one step to the right, as a reader's arrow key does."""
     handle = widget.locator(".noUi-handle").first
     handle.focus()
     handle.press("ArrowRight")
     page.wait_for_timeout(300)
+
+
+def test_chapter1_training_slider_replays_training(server, browser):
+    watch, page, widget = _open_widget(
+        server, browser, "chapters/01_transformer.html",
+        '.widget-vbox:has(.widget-slider):has-text("validation exact match")',
+    )
+    before = widget.locator("b", has_text="step").first.inner_text()
+    _nudge_first_slider(page, widget)
     after = widget.locator("b", has_text="step").first.inner_text()
     assert before.startswith("step ") and after.startswith("step ")
     assert int(after.split()[1]) > int(before.split()[1]), (before, after)
@@ -152,15 +165,11 @@ def test_chapter1_training_slider_replays_training(server, browser):
 
 
 def test_chapter2_sample_grid_switches_samples(server, browser):
-    watch = PageWatch(browser, "http")
-    page = watch.open(f"{server}/chapters/02_gpt1.html")
-    widget = page.locator('.widget-vbox:has(.widget-slider:has-text("temperature"))').first
-    widget.wait_for(timeout=WIDGET_RENDER_MS)
+    watch, page, widget = _open_widget(
+        server, browser, "chapters/02_gpt1.html", '.widget-vbox:has(.widget-slider:has-text("temperature"))'
+    )
     before = widget.locator("pre:visible").first.inner_text()
-    handle = widget.locator(".noUi-handle").first  # the temperature slider comes first
-    handle.focus()
-    handle.press("ArrowRight")
-    page.wait_for_timeout(300)
+    _nudge_first_slider(page, widget)  # the temperature slider comes first
     after = widget.locator("pre:visible").first.inner_text()
     assert before.startswith("ROMEO:") and after.startswith("ROMEO:")
     assert after != before
@@ -168,10 +177,9 @@ def test_chapter2_sample_grid_switches_samples(server, browser):
 
 
 def test_chapter3_similarity_menu_switches_sentence_sets(server, browser):
-    watch = PageWatch(browser, "http")
-    page = watch.open(f"{server}/chapters/03_bert.html")
-    widget = page.locator('.widget-vbox:has(.widget-dropdown:has-text("sentences"))').first
-    widget.wait_for(timeout=WIDGET_RENDER_MS)
+    watch, page, widget = _open_widget(
+        server, browser, "chapters/03_bert.html", '.widget-vbox:has(.widget-dropdown:has-text("sentences"))'
+    )
     assert "The cat sits on the mat." in widget.inner_text()
     widget.locator(".widget-dropdown select").select_option(label="negation")
     page.wait_for_timeout(300)

