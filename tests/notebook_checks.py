@@ -1,6 +1,7 @@
 """What the tests require of every notebook of the book, in one place (used by tests/test_notebooks.py).
 
-Run it as a script to print the nbval coverage report: `python tests/notebook_checks.py`.
+Run it as a script to print the coverage report of the portable check (tests/nbcheck.py):
+`python tests/notebook_checks.py`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from pathlib import Path
 
 import yaml
 
+from nbcheck import Tolerance
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted([*ROOT.glob("book/*.ipynb"), *ROOT.glob("chapters/*.ipynb")])
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+# Tags of nbval, which the book no longer runs: a cell escapes the check with '# check: ignore-output (why)' instead.
 NBVAL_TAGS = {"nbval-ignore-output", "nbval-skip", "nbval-raises-exception"}
-# nbval compares text; it never compares these (images, and widget views whose model ids change every run).
+# The check compares text; it never compares these (images, and widget views, whose model ids are not results).
 UNCHECKED_MIME = {"image/png", "image/jpeg", WIDGET_VIEW}
 
 SETUP_CELL = """\
@@ -50,8 +54,8 @@ def source(cell: dict) -> str:
 
 
 def has_checked_text(cell: dict) -> bool:
-    """True when nbval compares some text output of this cell: stdout, or a text result that is not a widget."""
-    if NBVAL_TAGS & set(cell.get("metadata", {}).get("tags", [])):
+    """True when the check compares some text output of this cell: stdout, or a text result that is not a widget."""
+    if Tolerance.parse(source(cell)).ignore_output:
         return False
     for output in cell["outputs"]:
         if output["output_type"] == "stream" and output["name"] == "stdout":
@@ -64,7 +68,7 @@ def has_checked_text(cell: dict) -> bool:
 
 def coverage(nb: dict) -> tuple[int, int]:
     """(cells whose text output nbval checks, cells with any output). A cell with no output is left out of both:
-    nbval checks that it still prints nothing, but it has no result to check."""
+    the check makes sure it still prints nothing, but it has no result to check."""
     with_output = [cell for cell in code_cells(nb) if cell["outputs"]]
     return sum(has_checked_text(cell) for cell in with_output), len(with_output)
 
@@ -74,5 +78,5 @@ if __name__ == "__main__":
     for path in NOTEBOOKS:
         checked, n = coverage(load(path))
         total_checked, total = total_checked + checked, total + n
-        print(f"{path.relative_to(ROOT)}: {checked}/{n} cells with output have their text checked by nbval")
+        print(f"{path.relative_to(ROOT)}: {checked}/{n} cells with output have their text checked")
     print(f"all notebooks: {total_checked}/{total} = {total_checked / max(total, 1):.0%}")

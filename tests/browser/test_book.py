@@ -103,6 +103,12 @@ def test_every_page_loads_cleanly(server, browser):
         watch.page.close()
 
 
+def test_every_page_is_under_1_mb():
+    sizes = {name: (HTML / name).stat().st_size for name in all_pages()}
+    heavy = {name: round(size / 1e6, 2) for name, size in sizes.items() if size >= 1_000_000}
+    assert not heavy, f"pages of 1 MB or more (MB): {heavy}"
+
+
 def test_math_renders(server, browser):
     page = PageWatch(browser, "http").open(f"{server}/book/appendix_parameters.html")
     page.wait_for_selector("mjx-container", timeout=WIDGET_RENDER_MS)

@@ -1,0 +1,106 @@
+"""Measure how much each notebook cell's printed results move across machines' numerics and seeds.
+
+    python tools/measure_spread.py run --variant 1-thread --env OMP_NUM_THREADS=1 --out /tmp/spread chapters/*.ipynb
+    python tools/measure_spread.py run --variant seed-1 --seed 1 --out /tmp/spread chapters/*.ipynb
+    python tools/measure_spread.py report --out /tmp/spread chapters/*.ipynb
+
+``run`` executes copies of the notebooks (the stored files are not touched) under one setting: environment variables
+for the kernel (``ATEN_CPU_CAPABILITY=default`` or ``avx2`` emulates another CPU's vector instructions,
+``OMP_NUM_THREADS`` another thread count) or another training seed (the chapter's ``SEED = 0`` line in its
+hyperparameter cell is replaced). ``report`` compares every variant with the stored outputs, cell by cell, and prints
+the tolerance each cell would need (tests/nbcheck.py's ``needed_tolerance``) next to the one it declares, and whether
+the cell passes the portable check under every variant. The tolerances in the chapters come from these reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from nbcheck import Tolerance, compare_cell, needed_tolerance, read_sanitizers, sanitize, text_outputs  # noqa: E402
+
+SEED_LINE = re.compile(r"^SEED = 0\b", re.M)
+
+
+def run(paths: list[Path], variant: str, env: list[str], seed: int | None, out: Path) -> None:
+    for item in env:
+        key, _, value = item.partition("=")
+        os.environ[key] = value
+    (out / variant).mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        if seed is not None:
+            cells = [c for c in nb.cells if c.cell_type == "code" and SEED_LINE.search(c.source)]
+            if len(cells) != 1:
+                raise SystemExit(f"{path}: expected one cell with a 'SEED = 0' line, found {len(cells)}")
+            cells[0].source = SEED_LINE.sub(f"SEED = {seed}", cells[0].source)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs = []
+        print(f"{variant}: executing {path}", flush=True)
+        NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True, record_timing=False,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        nbformat.write(nb, out / variant / path.name)
+
+
+def report(paths: list[Path], out: Path) -> int:
+    sanitizers = read_sanitizers()
+    variants = sorted(p.name for p in out.iterdir() if p.is_dir())
+    failing = 0
+    for path in paths:
+        stored = nbformat.read(path, as_version=4)
+        runs = {v: nbformat.read(out / v / path.name, as_version=4) for v in variants if (out / v / path.name).exists()}
+        print(f"\n## {path} ({', '.join(runs)})")
+        for index, cell in enumerate(stored.cells):
+            if cell.cell_type != "code":
+                continue
+            tol = Tolerance.parse(cell.source)
+            lines = []
+            for variant, nb in runs.items():
+                problems = compare_cell(cell, nb.cells[index], sanitizers)
+                old, new = text_outputs(cell), text_outputs(nb.cells[index])
+                needs = {"abs": 0.0, "rel": 0.0, "pct": 0.0, "ints": 0.0}
+                others = []
+                for stream in old.keys() & new.keys():
+                    need, other = needed_tolerance(sanitize(old[stream], sanitizers), sanitize(new[stream], sanitizers))
+                    needs = {k: max(needs[k], need[k]) for k in needs}
+                    others += other
+                moved = {k: round(v, 4) for k, v in needs.items() if v > 0}
+                if moved or others or problems:
+                    verdict = "FAILS" if problems else "passes"
+                    lines.append(f"    {variant:<14} {verdict}; needs {moved or 'nothing'}"
+                                 + "".join(f"\n        other: {o}" for o in others[:4]))
+                failing += bool(problems)
+            if lines:
+                print(f"  cell {cell.execution_count}: declares {tol}")
+                print("\n".join(lines))
+    print(f"\n{failing} cell runs fail the portable check")
+    return 1 if failing else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="folder of the executed copies, one subfolder a variant")
+    parser.add_argument("--variant", help="name of this run's setting (run)")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the kernel (run)")
+    parser.add_argument("--seed", type=int, help="replace the chapter's SEED = 0 (run)")
+    args = parser.parse_args()
+    if args.command == "run":
+        if not args.variant:
+            parser.error("run needs --variant")
+        run(args.notebooks, args.variant, args.env, args.seed, args.out)
+        return 0
+    return report(args.notebooks, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
