@@ -70,20 +70,20 @@ def html_heatmap(
     hi = values.max() if vmax is None else vmax
     scaled = np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
     colormap = matplotlib.colormaps[cmap]
-    cell = "width:1.9em;height:1.9em;padding:0;text-align:center;font-size:0.7em;border:1px solid #fff"
-    head = "<tr><th></th>" + "".join(f'<th style="font-weight:normal">{html.escape(str(c))}</th>' for c in col_labels)
+    # Sizes, borders and fonts live in the book's llmbook.css (classes llmbook-heatmap, dark, row): only the colour,
+    # which differs from cell to cell, is written inline. A chapter page holds a hundred of these tables.
+    head = "<tr><th></th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in col_labels) + "</tr>"
     rows = []
     for label, row_values, row_scaled in zip(row_labels, values, scaled):
         cells = []
         for value, t in zip(row_values, row_scaled):
             color = matplotlib.colors.to_hex(colormap(0.05 + 0.95 * t))
             text = f"{value:.{digits}f}" if digits is not None else ""
-            ink = "#fff" if t > 0.6 else "#000"
-            cells.append(f'<td style="{cell};background:{color};color:{ink}" title="{value:.3f}">{text}</td>')
-        rows.append(f'<tr><th style="font-weight:normal;text-align:right">{html.escape(str(label))}</th>'
-                    + "".join(cells) + "</tr>")
+            ink = ' class="dark"' if t > 0.6 else ""  # white text on the darker colours
+            cells.append(f'<td{ink} style="background:{color}" title="{value:.3f}">{text}</td>')
+        rows.append(f'<tr><th class="row">{html.escape(str(label))}</th>' + "".join(cells) + "</tr>")
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
-    return f'<table class="llmbook-heatmap" style="border-collapse:collapse">{caption}{head}</tr>{"".join(rows)}</table>'
+    return f'<table class="llmbook-heatmap">{caption}{head}{"".join(rows)}</table>'
 
 
 def to_widget(frame: Any) -> widgets.Widget:
