@@ -43,17 +43,19 @@ test: setup
 test-package:
 	$(PYTEST) tests --ignore=tests/browser -q
 
-# nbval in strict mode: every stored text output must be reproduced.
+# Every notebook re-executed once and its text outputs compared with the stored ones: words and integers exactly,
+# decimals within one unit of their last digit plus the tolerance their cell declares (tests/nbcheck.py).
 test-notebooks:
-	$(PYTEST) --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg -q -p no:cacheprovider
+	PYTHONPATH=tests $(PYTEST) -p nbcheck --nbcheck $(NOTEBOOKS) -q -p no:cacheprovider
 
 test-browser:
 	$(PYTEST) tests/browser -q
 
 # --- maintenance --------------------------------------------------------------------------------------------------
-# Re-execute every notebook in place, top to bottom in a fresh kernel, storing outputs and widget state.
+# Re-execute every notebook in place, top to bottom in a fresh kernel, storing outputs and widget state so that a
+# re-run of an unchanged notebook changes nothing but its printed timings (tools/execute_notebooks.py).
 execute: setup
-	for nb in $(NOTEBOOKS); do echo "executing $$nb"; $(VENV)/bin/jupyter execute --inplace --timeout=900 "$$nb"; done
+	$(PY) tools/execute_notebooks.py $(NOTEBOOKS)
 
 clean:
 	rm -rf _build book/_vendor .pytest_cache .jupyter_cache
