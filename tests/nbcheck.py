@@ -9,12 +9,15 @@ results is split into numbers and words:
 - words (everything that is not a number, whitespace runs ignored) must be equal: counts of lines, labels, booleans,
   strings and generated text stay exact;
 - an integer must be equal, unless the cell declares ``ints=K`` (then within K);
+- with ``words=any`` (a cell that prints what a trained model wrote, e.g. translations) the words may differ, but
+  each line must still hold as many tokens, and its numbers are compared as above;
 - a decimal number (``4.62``, ``9.2e-06``, ``96.0%``) may differ by one unit of its last printed digit (rounding on
   another CPU), plus the tolerance its cell declares: ``abs=`` / ``rel=`` for plain numbers, ``pct=`` (in points)
   for percentages.
 A cell declares its tolerance beside the code that prints it, in one comment line that says why::
 
     # check: abs=0.05 pct=2 ints=3  (training: spread over CPUs, threads and seeds is in book/running.md)
+    # check: pct=3 words=any  (translations by the trained model)
     # check: ignore-output  (wall-clock timings)
 
 Noise that no tolerance describes (timings, memory addresses, progress-bar rates) is replaced by the regex pairs of
@@ -50,6 +53,7 @@ class Tolerance:
     rel: float = 0.0
     pct: float = 0.0
     ints: int = 0
+    any_words: bool = False
     ignore_output: bool = False
     reason: str = ""
 
@@ -68,6 +72,8 @@ class Tolerance:
             key, eq, value = item.partition("=")
             if item == "ignore-output":
                 values["ignore_output"] = True
+            elif item == "words=any":
+                values["any_words"] = True
             elif eq and key in ("abs", "rel", "pct", "ints"):
                 try:
                     number = int(value) if key == "ints" else float(value)
@@ -78,7 +84,7 @@ class Tolerance:
                     raise ValueError(f"'# check:' {key} must be >= 0, got {value!r}")
                 values[key] = number
             else:
-                raise ValueError(f"'# check:' understands abs=X, rel=X, pct=X, ints=K and ignore-output, got {item!r}")
+                raise ValueError(f"'# check:' understands abs=X, rel=X, pct=X, ints=K, words=any and ignore-output, got {item!r}")
         return cls(**values, reason=reason.strip(") ").strip())  # type: ignore[arg-type]
 
 
@@ -142,7 +148,7 @@ def compare_text(stored: str, new: str, tol: Tolerance) -> list[str]:
         for old, token in zip(old_tokens, new_tokens):
             both_numbers = NUMBER.fullmatch(old) and NUMBER.fullmatch(token)
             problem = compare_number(old, token, tol) if both_numbers else (
-                None if old == token else f"{token!r} where {old!r} was stored")
+                None if old == token or tol.any_words else f"{token!r} where {old!r} was stored")
             if problem:
                 problems.append(f"line {n}: {problem}\n    stored: {old_line.strip()}\n    new:    {new_line.strip()}")
     return problems

@@ -49,11 +49,16 @@ def test_declared_tolerances():
     assert not differ("20 errors", "23 errors", "# check: ints=3 (training)")
     assert differ("20 errors", "24 errors", "# check: ints=3 (training)")
     assert differ("96.0%", "96.0", "# check: pct=5 (training)")
+    # words=any: a trained model's words may differ, the numbers and the shape of each line may not
+    assert not differ("step 150: 72.5% 八亿五千五百万", "step 150: 73.0% 八亿五千万", "# check: pct=1 words=any (model)")
+    assert differ("step 150: 72.5% 八亿五千五百万", "step 150: 75.0% 八亿五千万", "# check: pct=1 words=any (model)")
+    assert differ("step 150: 72.5% 八亿 五千万", "step 150: 72.5% 八亿五千万", "# check: pct=1 words=any (model)")
 
 
 @pytest.mark.parametrize("directive, message", [
     ("# check: abs=0.1", "must say why"),
     ("# check: tol=0.1 (why)", "understands abs=X"),
+    ("# check: words=some (why)", "understands abs=X"),
     ("# check: abs=-1 (why)", "must be >= 0"),
     ("# check: ints=1.5 (why)", "ints must be a whole number"),
     ("# check: abs=0.1 (a)\n# check: pct=1 (b)", "at most one"),
