@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup book test test-package test-notebooks test-browser execute clean
+.PHONY: setup book test lint test-package test-notebooks test-browser execute clean
 
 # --- set-up -------------------------------------------------------------------------------------------------------
 # The virtual environment is (re)installed only when requirements.txt or pyproject.toml changed.
@@ -35,10 +35,16 @@ book: setup
 	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
 
 test: setup
+	$(MAKE) lint
 	$(MAKE) test-package
 	$(MAKE) test-notebooks
 	$(MAKE) book
 	$(MAKE) test-browser
+
+# Lint (ruff's rules in pyproject.toml) and types (mypy over src/llmbook, configured there too).
+lint: $(VENV)/.stamp-requirements
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/mypy
 
 test-package:
 	$(PYTEST) tests --ignore=tests/browser -q

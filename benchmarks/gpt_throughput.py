@@ -106,10 +106,10 @@ def main() -> None:
     print(f"float32 matmul (1024 x 1024): {statistics.median(peaks):.1f} GFLOP/s")
     print(f"{'attn_impl':<10}{'tokens/s':>12}{'GFLOP/s':>10}{'of matmul':>11}   (medians of {args.rounds} rounds)")
     for impl, values in rates.items():
-        fraction = statistics.median(r * fpt / 1e9 / p for r, p in zip(values, peaks))
+        fraction = statistics.median(r * fpt / 1e9 / p for r, p in zip(values, peaks, strict=True))
         print(f"{impl:<10}{statistics.median(values):>12,.0f}{statistics.median(values) * fpt / 1e9:>10.1f}"
               f"{fraction:>11.1%}")
-    ratio = statistics.median(f / m for f, m in zip(rates["fused"], rates["manual"]))
+    ratio = statistics.median(f / m for f, m in zip(rates["fused"], rates["manual"], strict=True))
     print(f"fused / manual tokens/s: {ratio:.2f} (median of per-round ratios)")
 
 

@@ -46,7 +46,7 @@ def test_beam_as_wide_as_the_space_equals_brute_force(seed, alpha):
     expected = brute_force(fn, prefix, n, EOS, alpha)
     got = beam_search(fn, prefix, beam_width=V**n, max_new_tokens=n, eos_id=EOS, length_penalty=alpha)
     assert len(got) == len(expected) == sum((V - 1) ** k for k in range(n + 1))
-    for hyp, (tokens, log_prob, score) in zip(got, expected):
+    for hyp, (tokens, log_prob, score) in zip(got, expected, strict=True):
         assert isinstance(hyp, Hypothesis)
         assert hyp.tokens.tolist() == tokens.tolist()
         assert_close(hyp.log_prob, log_prob, rtol=1e-5, atol=1e-5)

@@ -43,7 +43,7 @@ def test_chinese_side_agrees_with_cn2an_and_with_units():
     numbers = SPLITS.train + SPLITS.val + SPLITS.test
     data = NumberTranslation(numbers)
     checked = 0
-    for n, text in zip(numbers, data.target_texts):
+    for n, text in zip(numbers, data.target_texts, strict=True):
         assert text == chinese_numeral(n)
         if not cn2an_drops_zero(n):
             assert text == use_liang(cn2an.an2cn(n))

@@ -47,7 +47,7 @@ def test_merges_make_frequent_words_single_tokens(tokenizer):
 def test_round_trip_on_every_line_of_a_held_out_play(tokenizer, plays):
     macbeth = next(p for p in plays if p.slug == "macbeth")
     lines = macbeth.lines(include_speakers=True)
-    assert all(tokenizer.decode(ids) == line for ids, line in zip(tokenizer.encode_batch(lines), lines))
+    assert all(tokenizer.decode(ids) == line for ids, line in zip(tokenizer.encode_batch(lines), lines, strict=True))
     assert tokenizer.decode(tokenizer.encode(macbeth.text)) == macbeth.text
 
 

@@ -52,7 +52,7 @@ def test_chinese_numeral_agrees_with_cn2an_at_every_magnitude():
 def test_liang_only_replaces_er(n):
     with_liang, without = chinese_numeral(n), chinese_numeral(n, liang=False)
     assert len(with_liang) == len(without)
-    assert all(a == b or (a, b) == ("两", "二") for a, b in zip(with_liang, without))
+    assert all(a == b or (a, b) == ("两", "二") for a, b in zip(with_liang, without, strict=True))
 
 
 def test_use_liang_contexts():

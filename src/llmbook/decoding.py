@@ -169,14 +169,14 @@ def beam_search(
         beam_index, token = top.indices // V, top.indices % V  # (k,), (k,)
         extended = torch.cat([alive[beam_index], token[:, None]], dim=1)  # (k, t + 1)
         ended = token == eos_id if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)  # (k,)
-        for seq, lp in zip(extended[ended], top.values[ended].tolist()):
+        for seq, lp in zip(extended[ended], top.values[ended].tolist(), strict=True):
             finished.append((seq, lp, step))
         alive, alive_log_probs = extended[~ended], top.values[~ended]
         if alive.shape[0] == 0:
             break
 
     n_alive_new = alive.shape[1] - prefix.shape[0]
-    everything = finished + [(seq, lp, n_alive_new) for seq, lp in zip(alive, alive_log_probs.tolist())]
+    everything = finished + [(seq, lp, n_alive_new) for seq, lp in zip(alive, alive_log_probs.tolist(), strict=True)]
     hypotheses = [Hypothesis(seq, lp, lp / length_penalty_factor(n, length_penalty)) for seq, lp, n in everything]
     hypotheses.sort(key=lambda h: h.score, reverse=True)
     return hypotheses[:beam_width]

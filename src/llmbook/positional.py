@@ -33,6 +33,8 @@ class SinusoidalPositionalEncoding(nn.Module):
     Introduced in Chapter 1.
     """
 
+    pe: Tensor  # (context_length, D), a buffer
+
     def __init__(self, context_length: int, d_model: int) -> None:
         super().__init__()
         self.register_buffer("pe", sinusoidal_encoding(context_length, d_model), persistent=False)

@@ -54,7 +54,8 @@ def use_liang(numeral: str) -> str:
 
 def _group_numeral(n: int) -> str:
     """0 < n < 10^4 in characters, zeros inside read as one 零, trailing zeros silent: 1010 -> 一千零一十."""
-    out, pending_zero = [], False
+    out: list[str] = []
+    pending_zero = False
     for value, unit in ((1000, "千"), (100, "百"), (10, "十"), (1, "")):
         digit = n // value % 10
         if digit == 0:
@@ -74,7 +75,8 @@ def chinese_numeral(n: int, liang: bool = True) -> str:
     # Four-digit groups, highest first. When the 亿 group is empty, its unit moves onto the 万 group above it.
     groups = [(high // 10**4, "万亿" if high % 10**4 == 0 else "万"), (high % 10**4, "亿"),
               (low // 10**4, "万"), (low % 10**4, "")]
-    parts, gap = [], False
+    parts: list[str] = []
+    gap = False
     for value, unit in groups:
         if value == 0:
             gap = bool(parts)  # a whole group of zeros inside the number is read as 零
@@ -117,7 +119,7 @@ def english_words(n: int, digits: int = 3) -> str:
 
 
 def chinese_short(n: int, digits: int = 3) -> str:
-    """117,000,000 -> '1.17亿', 65,000,000 -> '6500万', 10^12 -> '1万亿' (digits with a Chinese unit, as in the news)."""
+    """117,000,000 -> '1.17亿', 65,000,000 -> '6500万', 10^12 -> '1万亿': digits with a Chinese unit, as in the news."""
     _check_count(n)
     number, i = _short(n, CHINESE_SCALE, digits)
     return number + CHINESE_SCALE[i][1]

@@ -124,7 +124,7 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
     if len(predictions) != len(references) or not references:
         raise ValueError(f"predictions and references must be non-empty and of equal length, "
                          f"got {len(predictions)} and {len(references)}")
-    return sum(p == r for p, r in zip(predictions, references)) / len(references)
+    return sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 def _draw_number(rng: random.Random, min_digits: int, max_digits: int) -> int:
@@ -175,7 +175,7 @@ def split_numbers(n_train: int, n_val: int, n_test: int, max_digits: int = 9, tr
     if train_max_digits is not None and not 1 <= train_max_digits < max_digits:
         raise ValueError(f"train_max_digits must be None or between 1 and max_digits - 1 = {max_digits - 1}, "
                          f"got {train_max_digits}")
-    rng, taken = random.Random(seed), set()
+    rng, taken = random.Random(seed), set[int]()
     k = max_digits if train_max_digits is None else train_max_digits
     test = _draw_distinct(rng, n_test, 1 if train_max_digits is None else k + 1, max_digits, taken)
     val = _draw_distinct(rng, n_val, 1, k, taken)
@@ -240,7 +240,8 @@ class NumberTranslation:
         """
         if not 1 <= batch_size <= len(self):
             raise ValueError(f"batch_size must be between 1 and len(dataset) = {len(self)}, got {batch_size}")
-        per_epoch, orders = len(self) // batch_size, {}
+        per_epoch = len(self) // batch_size
+        orders: dict[int, list[int]] = {}
 
         def get_batch(step: int) -> tuple[Tensor, ...]:
             epoch, i = divmod(step, per_epoch)

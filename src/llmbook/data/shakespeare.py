@@ -26,6 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -165,7 +166,7 @@ def corpus_checksum(plays: Sequence[Play]) -> str:
     """SHA-256 of every play's genre, slug, title and text, in the order given. Introduced in Chapter 2."""
     digest = hashlib.sha256()
     for play in plays:
-        digest.update(f"# {play.genre}/{play.slug}: {play.title}\n{play.text}".encode("utf-8"))
+        digest.update(f"# {play.genre}/{play.slug}: {play.title}\n{play.text}".encode())
     return digest.hexdigest()
 
 
@@ -206,7 +207,15 @@ def corpus_statistics(plays: Sequence[Play]) -> dict[str, dict[str, int]]:
     return stats
 
 
-def encode_plays(tokenizer, plays: Sequence[Play], split: str, start_id: int | None = None) -> torch.Tensor:
+class BatchEncoder(Protocol):
+    """Anything that encodes a batch of texts to token ids, as ``llmbook.tokenizer.BPETokenizer`` does."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+
+def encode_plays(
+    tokenizer: BatchEncoder, plays: Sequence[Play], split: str, start_id: int | None = None
+) -> torch.Tensor:
     """The token ids of the plays of ``split``, one play after another, as one (N,) tensor.
 
     ``tokenizer`` is anything with ``encode_batch`` (an ``llmbook.tokenizer.BPETokenizer``). With ``start_id`` each
@@ -221,7 +230,7 @@ def encode_plays(tokenizer, plays: Sequence[Play], split: str, start_id: int | N
         pieces += [s + "\n\n" for s in speeches[:-1]] + speeches[-1:]
         play_of_piece += [n] * len(speeches)
     ids, previous = [], None
-    for n, piece_ids in zip(play_of_piece, tokenizer.encode_batch(pieces)):
+    for n, piece_ids in zip(play_of_piece, tokenizer.encode_batch(pieces), strict=True):
         if n != previous and start_id is not None:
             ids.append(start_id)
         ids += piece_ids
