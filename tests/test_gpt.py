@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTModel
 
+from llmbook.config import count_parameters
 from llmbook.gpt import (
     GPT,
     PRESETS,
@@ -18,7 +19,7 @@ from llmbook.gpt import (
     finetune_loss,
     gpt_parameter_count,
     lm_loss,
-    load_openai_gpt_state_dict,
+    load_hf_openai_gpt_state_dict,
     pad_batch,
 )
 
@@ -38,7 +39,7 @@ def _hf_pair(attn_impl="manual"):
     config = GPTConfig(vocab_size=61, context_length=20, d_model=32, n_heads=4, n_layers=2, d_ff=128, dropout=0.0,
                        attn_impl=attn_impl, layer_norm_eps=hf_config.layer_norm_epsilon)
     ours = GPT(config).eval()
-    assert load_openai_gpt_state_dict(ours, hf.state_dict()) == []
+    assert load_hf_openai_gpt_state_dict(ours, hf.state_dict()) == []
     return hf, ours
 
 
@@ -57,24 +58,25 @@ def test_hidden_states_and_attention_weights_equal_hugging_face():
     tokens = torch.randint(0, 61, (2, 12))
     with torch.no_grad():
         out = hf.transformer(tokens, output_attentions=True)
-        h, weights = ours.hidden_states(tokens, need_weights=True)
-        logits, weights_again = ours(tokens, need_weights=True)
+        h = ours.hidden_states(tokens)
+        weights = ours.attention_weights(tokens)
+        logits = ours(tokens)
     torch.testing.assert_close(h, out.last_hidden_state, rtol=1e-5, atol=1e-5)
     assert len(weights) == 2
-    for w, hf_w in zip(weights, out.attentions):
+    for w, hf_w in zip(weights, out.attentions, strict=True):
         torch.testing.assert_close(w, hf_w, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(weights_again[1], weights[1])
+    torch.testing.assert_close(logits, ours.lm_head(h))  # forward is the output layer on hidden_states
     assert logits.shape == (2, 12, 61)
 
 
 def test_key_map_splits_the_fused_c_attn_and_transposes_conv1d():
     hf, ours = _hf_pair()
     c_attn = hf.transformer.h[1].attn.c_attn  # Conv1D: y = x @ W + b, W of shape (D, 3D)
-    attn = ours.blocks[1].self_attn
+    attn = ours.layers[1].self_attn
     torch.testing.assert_close(attn.W_q.weight, c_attn.weight[:, :32].t())
     torch.testing.assert_close(attn.W_k.weight, c_attn.weight[:, 32:64].t())
     torch.testing.assert_close(attn.W_v.bias, c_attn.bias[64:])
-    torch.testing.assert_close(ours.blocks[0].ff.W_1.weight, hf.transformer.h[0].mlp.c_fc.weight.t())
+    torch.testing.assert_close(ours.layers[0].ff.W_1.weight, hf.transformer.h[0].mlp.c_fc.weight.t())
     assert ours.lm_head.weight is ours.tok_emb.weight
 
 
@@ -83,13 +85,22 @@ def test_key_map_accepts_a_bare_model_and_rejects_a_mismatch():
     bare = OpenAIGPTModel(hf.config)
     bare.load_state_dict(hf.transformer.state_dict())
     ours = GPT(dataclasses.replace(TINY, vocab_size=61, context_length=20, d_ff=128))
-    load_openai_gpt_state_dict(ours, bare.state_dict())
+    assert load_hf_openai_gpt_state_dict(ours, bare.state_dict()) == []
     torch.testing.assert_close(ours.tok_emb.weight, hf.transformer.tokens_embed.weight)
     deeper = GPT(dataclasses.replace(TINY, vocab_size=61, context_length=20, d_ff=128, n_layers=3))
     with pytest.raises(ValueError, match="lacks weights"):
-        load_openai_gpt_state_dict(deeper, hf.state_dict())
+        load_hf_openai_gpt_state_dict(deeper, hf.state_dict())
+    shallower = GPT(dataclasses.replace(TINY, vocab_size=61, context_length=20, d_ff=128, n_layers=1))
+    with pytest.raises(ValueError, match="different depth"):
+        load_hf_openai_gpt_state_dict(shallower, hf.state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        load_hf_openai_gpt_state_dict(GPT(dataclasses.replace(TINY, vocab_size=61, context_length=20)), hf.state_dict())
+    with pytest.raises(ValueError, match="does not know"):
+        load_hf_openai_gpt_state_dict(ours, {**hf.state_dict(), "extra.weight": torch.ones(1)})
+    with_head = {**hf.state_dict(), "multiple_choice_head.summary.weight": torch.ones(1, 32)}
+    assert load_hf_openai_gpt_state_dict(ours, with_head) == ["multiple_choice_head.summary.weight"]
     with pytest.raises(ValueError, match="norm_first"):
-        load_openai_gpt_state_dict(GPT(dataclasses.replace(TINY, norm_first=True)), hf.state_dict())
+        load_hf_openai_gpt_state_dict(GPT(dataclasses.replace(TINY, norm_first=True)), hf.state_dict())
 
 
 def test_gpt1_parameter_count_closed_form_meta_model_and_hugging_face():
@@ -98,15 +109,15 @@ def test_gpt1_parameter_count_closed_form_meta_model_and_hugging_face():
     with torch.device("meta"):
         ours = GPT(config)
         hf = OpenAIGPTLMHeadModel(OpenAIGPTConfig())
-    assert sum(p.numel() for p in ours.parameters()) == 116_534_784
-    assert sum(p.numel() for p in hf.parameters()) == 116_534_784
+    assert count_parameters(ours) == 116_534_784
+    assert count_parameters(hf) == 116_534_784
 
 
 @pytest.mark.parametrize("changes", [{}, {"tie_embeddings": False}, {"final_norm": True, "norm_first": True},
                                      {"d_ff": 48, "n_layers": 3}])
 def test_parameter_count_closed_form_for_variants(changes):
     config = dataclasses.replace(TINY, **changes)
-    assert sum(p.numel() for p in GPT(config).parameters()) == gpt_parameter_count(config)
+    assert count_parameters(GPT(config)) == gpt_parameter_count(config)
 
 
 def test_causality_future_tokens_do_not_change_past_logits():
@@ -137,12 +148,12 @@ def test_switches_tie_final_norm_and_scaled_residual_init():
     assert untied.lm_head.weight is not untied.tok_emb.weight
     assert isinstance(GPT(dataclasses.replace(TINY, final_norm=True)).final_norm, torch.nn.LayerNorm)
     deep = dataclasses.replace(TINY, n_layers=8, d_model=64, d_ff=256)
-    plain = GPT(deep).blocks[0].self_attn.W_o.weight.std().item()
+    plain = GPT(deep).layers[0].self_attn.W_o.weight.std().item()
     scaled_model = GPT(dataclasses.replace(deep, scaled_residual_init=True))
-    scaled = scaled_model.blocks[0].self_attn.W_o.weight.std().item()
+    scaled = scaled_model.layers[0].self_attn.W_o.weight.std().item()
     assert plain == pytest.approx(0.02, rel=0.1)
     assert scaled == pytest.approx(0.02 / math.sqrt(16), rel=0.1)
-    assert scaled_model.blocks[0].self_attn.W_q.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert scaled_model.layers[0].self_attn.W_q.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
 def test_loss_at_initialisation_is_close_to_ln_v_and_pads_are_ignored():
@@ -160,6 +171,16 @@ def test_loss_at_initialisation_is_close_to_ln_v_and_pads_are_ignored():
     padded[:, 10:] = PAD
     kept = F.cross_entropy(logits[:, :9].reshape(-1, 500), padded[:, 1:10].reshape(-1))
     torch.testing.assert_close(lm_loss(logits, padded, pad_id=PAD), kept)
+
+
+def test_lm_loss_with_no_target_raises_instead_of_returning_nan():
+    logits = torch.zeros(2, 4, 10)
+    all_padding = torch.tensor([[START, PAD, PAD, PAD], [START, PAD, PAD, PAD]])  # the first token is no target
+    with pytest.raises(ValueError, match="no target.*pad_id=0"):
+        lm_loss(logits, all_padding, pad_id=PAD)
+    with pytest.raises(ValueError, match="no target"):
+        lm_loss(logits[:, :1], all_padding[:, :1])  # T = 1: nothing to predict
+    assert torch.isfinite(lm_loss(logits, all_padding))  # without pad_id the padding is a target like any other
 
 
 def test_training_overfits_one_batch():
@@ -196,7 +217,7 @@ def test_seeded_generation_is_reproducible_and_crops_the_context():
     assert model.generate(prompt, 11, crop_context=False).shape == (2, 16)
 
 
-def test_clear_errors_for_bad_inputs_and_configs():
+def test_clear_errors_for_bad_inputs():
     model = GPT(TINY)
     with pytest.raises(ValueError, match="context_length=16"):
         model(torch.zeros(1, 17, dtype=torch.long))
@@ -204,16 +225,35 @@ def test_clear_errors_for_bad_inputs_and_configs():
         model(torch.tensor([[1, 2, 64]]))
     with pytest.raises(ValueError, match="vocab_size"):
         model(torch.tensor([[-1, 2]]))
-    with pytest.raises(TypeError, match="integer"):
-        model(torch.zeros(1, 4))
-    with pytest.raises(ValueError, match=r"\(B, T\)"):
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, T\)"):
         model(torch.zeros(4, dtype=torch.long))
-    for bad, field in [({"d_model": 30}, "divisible"), ({"activation": "swish"}, "activation"),
-                       ({"attn_impl": "flash"}, "attn_impl"), ({"dropout": 1.0}, "dropout"),
-                       ({"vocab_size": 0}, "vocab_size"), ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
-                       ({"norm_first": 1}, "norm_first")]:
-        with pytest.raises(ValueError, match=field):
-            dataclasses.replace(TINY, **bad)
+    # nn.Embedding takes int64 and int32 only: other dtypes used to pass the check and fail inside the embedding.
+    for dtype in (torch.float32, torch.uint8, torch.int16, torch.bool):
+        with pytest.raises(TypeError, match=f"tokens must hold integer token ids of dtype torch.int64 or .*{dtype}"):
+            model(torch.zeros(1, 4, dtype=dtype))
+        with pytest.raises(TypeError, match="tokens must hold integer token ids"):
+            model.attention_weights(torch.zeros(1, 4, dtype=dtype))
+    assert model(torch.zeros(1, 4, dtype=torch.int32)).shape == (1, 4, TINY.vocab_size)
+    clf = GPTClassifier(model, n_classes=2, extract_id=EXTRACT)
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, T\) or \(B, K, T\)"):
+        clf(torch.tensor([START, EXTRACT]))
+    with pytest.raises(TypeError, match="tokens must hold integer token ids"):
+        clf(torch.tensor([[START, EXTRACT]], dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("bad, allowed", [
+    ({"d_model": 30}, "divisible"), ({"activation": "swish"}, "activation must be one of"),
+    ({"attn_impl": "flash"}, "attn_impl must be one of"),
+    ({"dropout": 1.0}, r"dropout must be a real number in \[0, 1\)"),
+    ({"dropout": "0.1"}, r"dropout must be a real number in \[0, 1\), got '0.1' \(str\)"),
+    ({"dropout": True}, "dropout must be a real number"), ({"vocab_size": 0}, "vocab_size must be a positive integer"),
+    ({"n_layers": 2.0}, r"n_layers must be a positive integer, got 2.0 \(float\)"),
+    ({"layer_norm_eps": 0.0}, "layer_norm_eps must be a real number > 0"),
+    ({"norm_first": 1}, "norm_first must be True or False"),
+])
+def test_bad_config_names_the_field_and_what_is_allowed(bad, allowed):
+    with pytest.raises(ValueError, match=allowed):
+        dataclasses.replace(TINY, **bad)
 
 
 def test_input_transformations_build_the_papers_sequences():
@@ -243,7 +283,7 @@ def test_classifier_reads_the_hidden_state_at_extract_and_ignores_padding():
     tokens = pad_batch(seqs, PAD)  # (2, 6)
     with torch.no_grad():
         class_logits, lm_logits = clf(tokens)
-        h, _ = clf.gpt.hidden_states(tokens)
+        h = clf.gpt.hidden_states(tokens)
         alone = clf(torch.tensor([seqs[1]]))[0]
     torch.testing.assert_close(class_logits, clf.head(h[[0, 1], [5, 2]]))
     torch.testing.assert_close(alone[0], class_logits[1])  # padding after <extract> changes nothing
@@ -260,7 +300,7 @@ def test_pair_classifier_adds_both_orders_so_it_is_symmetric():
         logits_ab, lm_ab = clf(ab[None])  # (1, 2, T)
         logits_ba, _ = clf(ba[None])
         one_order, _ = clf(ab[:1])
-        h, _ = clf.gpt.hidden_states(ab)
+        h = clf.gpt.hidden_states(ab)
     torch.testing.assert_close(logits_ab, logits_ba)
     torch.testing.assert_close(logits_ab[0], clf.head(h[0, -1] + h[1, -1]))
     assert not torch.allclose(logits_ab, one_order)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from llmbook.attention import causal_mask, padding_mask
+from llmbook.config import count_parameters
 from llmbook.layers import DecoderLayer, EncoderLayer, FeedForward
 from llmbook.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoidal_encoding
 
@@ -25,7 +26,7 @@ def torch_layer_to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
             key = key.replace(theirs, mine)
         if "in_proj_" in key:
             prefix, param = key.split(".in_proj_")  # e.g. "cross_attn", "weight"
-            for name, chunk in zip(("W_q", "W_k", "W_v"), value.chunk(3)):
+            for name, chunk in zip(("W_q", "W_k", "W_v"), value.chunk(3), strict=True):
                 ours[f"{prefix}.{name}.{param}"] = chunk
         else:
             ours[key] = value
@@ -91,6 +92,7 @@ def test_layers_are_deterministic_in_eval_and_dropout_acts_in_train():
 
 
 def test_feed_forward_activations_and_errors():
+    torch.manual_seed(3)
     ff, x = FeedForward(D, D_FF, activation="gelu_tanh"), torch.randn(B, T, D)
     expected = ff.W_2(nn.functional.gelu(ff.W_1(x), approximate="tanh"))
     assert_close(ff(x), expected, **TOL)
@@ -116,7 +118,7 @@ def test_shifting_by_k_is_a_fixed_rotation(k):
     omega = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (D/2,)
     c, s = torch.cos(k * omega), torch.sin(k * omega)
     # [sin(a + b), cos(a + b)] = [[cos b, sin b], [-sin b, cos b]] @ [sin a, cos a]
-    M_k = torch.block_diag(*[torch.tensor([[ci, si], [-si, ci]]) for ci, si in zip(c, s)])  # (D, D)
+    M_k = torch.block_diag(*[torch.tensor([[ci, si], [-si, ci]]) for ci, si in zip(c, s, strict=True)])  # (D, D)
     assert_close(pe[k:], pe[:-k] @ M_k.T, rtol=0, atol=1e-4)
     assert_close(M_k @ M_k.T, torch.eye(d, dtype=torch.float64))  # a rotation: dot products depend only on k
 
@@ -126,8 +128,8 @@ def test_positional_modules_shapes_and_length_errors():
     positions = torch.arange(8)
     assert_close(sin(positions), sinusoidal_encoding(8, D))
     assert learned(positions).shape == (8, D) and learned(positions[None].expand(B, -1)).shape == (B, 8, D)
-    assert sum(p.numel() for p in sin.parameters()) == 0
-    assert sum(p.numel() for p in learned.parameters()) == 8 * D
+    assert count_parameters(sin) == 0
+    assert count_parameters(learned) == 8 * D
     for module in (sin, learned):
         with pytest.raises(ValueError, match="context_length is 8"):
             module(torch.arange(9))

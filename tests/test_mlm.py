@@ -87,8 +87,13 @@ def test_mask_tokens_errors():
         mask_tokens(tokens, 100, MASK, SPECIAL)  # CLS = 101 is not a valid id of a 100-token vocabulary
     with pytest.raises(ValueError, match="special_ids"):
         mask_tokens(torch.tensor([[1, 2]]), 50, mask_id=60, special_ids=())
-    with pytest.raises(ValueError, match="integer"):
-        mask_tokens(tokens.float(), 1000, MASK, SPECIAL)
+    with pytest.raises(ValueError, match=r"tokens must hold ids in \[0, vocab_size=50\)"):
+        mask_tokens(torch.tensor([[1, 50]]), 50, MASK - 60, SPECIAL[:1])
+    for dtype in (torch.float32, torch.uint8, torch.int16):  # the dtypes nn.Embedding refuses
+        with pytest.raises(TypeError, match="tokens must hold integer token ids of dtype torch.int64 or torch.int32"):
+            mask_tokens(tokens.to(dtype), 1000, MASK, SPECIAL)
+    inputs, labels = mask_tokens(tokens[0].int(), 1000, MASK, SPECIAL)  # (T,) int32 works
+    assert inputs.shape == labels.shape == (4,) and inputs.dtype == torch.int32
 
 
 def test_mlm_loss_averages_over_selected_positions_only():

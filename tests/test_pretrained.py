@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 from llmbook.bert import PRESETS, Bert, bert_parameter_count
+from llmbook.config import count_parameters
 from llmbook.pretrained import load_minilm, mean_pool, minilm_path, sentence_embeddings
 
 SENTENCES = [
@@ -75,7 +76,7 @@ def test_shipped_model_is_the_minilm_preset_and_its_size_is_the_closed_form(ours
     model, _ = ours
     assert not model.training
     assert model.config == PRESETS["minilm-l6"]  # the preset is the shipped config.json
-    assert sum(p.numel() for p in model.parameters()) == bert_parameter_count(PRESETS["minilm-l6"])
+    assert count_parameters(model) == bert_parameter_count(PRESETS["minilm-l6"])
     with safe_open(str(minilm_path() / "model.safetensors"), "pt") as f:
         shipped = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k != "embeddings.position_ids")
     assert shipped == bert_parameter_count(PRESETS["minilm-l6"], pooler=True) == 22_713_216

@@ -184,19 +184,35 @@ def test_checkpoint_handles_tied_weights(tmp_path):
     assert fresh.model[1].weight is fresh.model[0].weight
 
 
-@pytest.mark.parametrize("field, value", [
-    ("max_steps", 0), ("lr", 0.0), ("betas", (0.9, 1.0)), ("eps", -1.0), ("weight_decay", -0.1),
-    ("schedule", "step"), ("warmup_steps", -1), ("grad_clip", 0.0), ("eval_every", -1), ("eval_batches", 0),
-    ("log_every", 0), ("device", "tpu"), ("checkpoint_every", 5),
+@pytest.mark.parametrize("field, value, allowed", [
+    ("max_steps", 0, "a positive integer"), ("max_steps", 1.5, r"a positive integer, got 1.5 \(float\)"),
+    ("max_steps", True, "a positive integer"), ("lr", 0.0, "a real number > 0"),
+    ("lr", "3e-4", r"a real number > 0, got '3e-4' \(str\)"), ("lr", float("nan"), "a real number > 0"),
+    ("betas", (0.9, 1.0), r"two real numbers in \[0, 1\)"), ("betas", (0.9,), "two real numbers"),
+    ("betas", ("0.9", 0.99), "two real numbers"), ("eps", -1.0, "a real number > 0"),
+    ("weight_decay", -0.1, "a real number >= 0"), ("weight_decay", True, "a real number >= 0"),
+    ("schedule", "step", "one of"), ("schedule", None, "one of"),
+    ("warmup_steps", -1, r"an integer in \[0, max_steps=1000\]"), ("warmup_steps", 2.0, "an integer in"),
+    ("warmup_steps", 1001, r"an integer in \[0, max_steps=1000\]"), ("grad_clip", 0.0, "a real number > 0 or None"),
+    ("grad_clip", "1", "a real number > 0 or None"), ("eval_every", -1, "an integer >= 0"), ("eval_every", 0.5, "an integer >= 0"),
+    ("eval_batches", 0, "a positive integer"), ("log_every", 0, "a positive integer"),
+    ("seed", -1, r"an integer in \[0, 4294967295\]"), ("seed", 1.0, "an integer"), ("device", "tpu", "one of"),
+    ("checkpoint_path", 3, "a str or None"), ("checkpoint_every", 5, "0 when checkpoint_path is None"),
+    ("checkpoint_every", -1, "an integer >= 0"), ("progress", 1, "True or False"),
 ])
-def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+def test_config_validation_names_the_field_and_what_is_allowed(field, value, allowed):
+    with pytest.raises(ValueError, match=f"{field} must be {allowed}"):
         TrainerConfig(**{field: value})
 
 
-def test_inverse_sqrt_needs_warmup():
-    with pytest.raises(ValueError, match="warmup_steps"):
+def test_warmup_fits_in_the_run_and_inverse_sqrt_needs_warmup():
+    with pytest.raises(ValueError, match=r"warmup_steps must be an integer in \[0, max_steps=10\], got 20"):
+        TrainerConfig(max_steps=10, warmup_steps=20)
+    assert TrainerConfig(max_steps=10, warmup_steps=10).warmup_steps == 10
+    with pytest.raises(ValueError, match=r"warmup_steps must be an integer in \[1, max_steps=1000\] for inverse_sqrt"):
         TrainerConfig(schedule="inverse_sqrt", warmup_steps=0)
+    numpy_values = TrainerConfig(max_steps=np.int64(10), lr=np.float32(0.1))  # NumPy scalars are numbers too
+    assert numpy_values.max_steps == 10
 
 
 def test_seed_everything_and_runs_are_reproducible():

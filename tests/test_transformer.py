@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from transformers import MarianConfig, MarianMTModel
 
+from llmbook.config import count_parameters
 from llmbook.decoding import beam_search, greedy_decode
 from llmbook.positional import sinusoidal_encoding
 from llmbook.transformer import (
     PRESETS,
     Transformer,
     TransformerConfig,
-    count_parameters,
-    load_marian_state_dict,
+    load_hf_marian_state_dict,
     marian_key_map,
     next_token_logits_fn,
     transformer_parameter_count,
@@ -51,7 +51,9 @@ def marian_pair(attn_implementation: str = "sdpa") -> tuple[MarianMTModel, Trans
         src_vocab_size=V, tgt_vocab_size=V, context_length=CONTEXT, d_model=D, n_heads=4, n_layers=N, d_ff=64,
         dropout=0.0, pad_id=PAD,
     ))
-    load_marian_state_dict(ours, marian.state_dict())
+    unused = load_hf_marian_state_dict(ours, marian.state_dict())
+    assert unused == sorted(k for k in marian.state_dict() if k.endswith(("shared.weight", "final_logits_bias",
+                                                                           "embed_positions.weight")))
     return marian, ours.eval()
 
 
@@ -89,12 +91,15 @@ def test_attention_weights_equal_marian():
     src, tgt = source_and_target()
     with torch.no_grad():
         out = marian(input_ids=src, attention_mask=(src != PAD).long(), decoder_input_ids=tgt, output_attentions=True)
-        logits, weights = ours(src, tgt, need_weights=True)
+        logits = ours(src, tgt)
+        weights = ours.attention_weights(src, tgt)
+        hidden = ours.hidden_states(src, tgt)
     assert_close(logits, out.logits, rtol=1e-4, atol=1e-5)
+    assert_close(ours.lm_head(hidden), logits)  # forward is the output layer on hidden_states
     for theirs, mine in ((out.encoder_attentions, weights.encoder), (out.decoder_attentions, weights.decoder_self),
                          (out.cross_attentions, weights.cross)):
         assert len(mine) == N
-        for a, b in zip(theirs, mine):
+        for a, b in zip(theirs, mine, strict=True):
             assert_close(b, a, rtol=1e-4, atol=1e-6)
     assert weights.cross[0].shape == (3, 4, 6, 7)
 
@@ -121,12 +126,19 @@ def test_marian_key_map_covers_every_weight_and_rejects_mismatches():
                                     "model.decoder.embed_positions.weight"} == set(marian.state_dict())
     deeper = Transformer(dataclasses.replace(ours.config, n_layers=1))
     with pytest.raises(ValueError, match="not in the key map"):
-        load_marian_state_dict(deeper, marian.state_dict())
+        load_hf_marian_state_dict(deeper, marian.state_dict())
     state = dict(marian.state_dict(), final_logits_bias=torch.ones(1, V))
     with pytest.raises(ValueError, match="final_logits_bias"):
-        load_marian_state_dict(ours, state)
+        load_hf_marian_state_dict(ours, state)
     with pytest.raises(ValueError, match="norm_first=False"):
-        load_marian_state_dict(Transformer(dataclasses.replace(ours.config, norm_first=True)), marian.state_dict())
+        load_hf_marian_state_dict(Transformer(dataclasses.replace(ours.config, norm_first=True)), marian.state_dict())
+    missing = {k: v for k, v in marian.state_dict().items() if k != "model.decoder.layers.1.fc1.bias"}
+    with pytest.raises(ValueError, match=r"lacks weights for: \['model.decoder.layers.1.fc1.bias'\]"):
+        load_hf_marian_state_dict(ours, missing)
+    with pytest.raises(ValueError, match="fc1.weight has shape"):
+        load_hf_marian_state_dict(Transformer(dataclasses.replace(ours.config, d_ff=48)), marian.state_dict())
+    with pytest.raises(TypeError, match="model must be a Transformer"):
+        load_hf_marian_state_dict(torch.nn.Linear(2, 2), marian.state_dict())
 
 
 @pytest.mark.parametrize("norm_first, positions", [(False, "sinusoidal"), (True, "learned")])
@@ -239,10 +251,16 @@ def test_tied_embeddings_are_one_matrix():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(n_heads=5), "divisible"), (dict(d_model=0), "d_model"), (dict(positions="rotary"), "positions"),
-    (dict(activation="swish"), "activation"), (dict(attn_impl="flash"), "attn_impl"), (dict(dropout=1.0), "dropout"),
-    (dict(tgt_vocab_size=50), "tie_embeddings"), (dict(pad_id=64), "pad_id"), (dict(n_layers=2.0), "n_layers"),
-    (dict(layer_norm_eps=0.0), "layer_norm_eps"),
+    (dict(n_heads=5), "divisible"), (dict(d_model=0), "d_model must be a positive integer"),
+    (dict(positions="rotary"), r"positions must be one of \('sinusoidal', 'learned'\)"),
+    (dict(activation="swish"), "activation must be one of"), (dict(attn_impl="flash"), "attn_impl must be one of"),
+    (dict(dropout=1.0), r"dropout must be a real number in \[0, 1\)"), (dict(dropout="0.1"), "dropout must be a real"),
+    (dict(tgt_vocab_size=50), "tie_embeddings"),
+    (dict(pad_id=64), r"pad_id must be an integer in \[0, min\(src_vocab_size, tgt_vocab_size\)=64\)"),
+    (dict(pad_id=0.5), r"pad_id must be an integer in \[0, .*got 0.5 \(float\)"), (dict(pad_id=True), "pad_id"),
+    (dict(n_layers=2.0), r"n_layers must be a positive integer, got 2.0 \(float\)"),
+    (dict(layer_norm_eps=0.0), "layer_norm_eps must be a real number > 0"),
+    (dict(tie_embeddings=1), "tie_embeddings must be True or False"),
 ])
 def test_config_validation(change, message):
     with pytest.raises(ValueError, match=message):
@@ -256,17 +274,42 @@ def test_input_errors():
         model(torch.randint(1, 64, (2, 33)), tgt)
     with pytest.raises(ValueError, match="more than context_length=32"):
         model(src, torch.randint(1, 64, (2, 33)))
-    with pytest.raises(ValueError, match=r"src token ids must be in \[0, 64\)"):
+    with pytest.raises(ValueError, match=r"src must hold ids in \[0, src_vocab_size=64\), got values from 64 to 64"):
         model(torch.full((2, 5), 64), tgt)
-    with pytest.raises(ValueError, match=r"tgt token ids must be in \[0, 64\)"):
+    with pytest.raises(ValueError, match=r"tgt must hold ids in \[0, tgt_vocab_size=64\), got values from -1"):
         model(src, torch.full((2, 4), -1))
-    with pytest.raises(ValueError, match=r"src must be a \(B, L\) tensor"):
+    with pytest.raises(ValueError, match=r"src must have shape \(B, T\), got \(5,\)"):
         model(src[0], tgt)
-    with pytest.raises(TypeError, match="integer token ids"):
-        model(src.float(), tgt)
+    for dtype in (torch.float32, torch.uint8, torch.int16):
+        with pytest.raises(TypeError, match=f"src must hold integer token ids of dtype torch.int64 or .*{dtype}"):
+            model(src.to(dtype), tgt)
+        with pytest.raises(TypeError, match=f"tgt must hold integer token ids of dtype torch.int64 or .*{dtype}"):
+            model.attention_weights(src, tgt.to(dtype))
+    assert model(src.int(), tgt.int()).shape == (2, 4, 64)  # int32 is accepted, as by nn.Embedding
     with pytest.raises(ValueError, match="same batch size"):
         model(src, tgt[:1])
-    with pytest.raises(ValueError, match="other than pad_id"):
-        model(torch.zeros(2, 5, dtype=torch.long), tgt)
     with pytest.raises(ValueError, match="memory must have shape"):
         model.decode(tgt, torch.randn(2, 5, 16), model.source_mask(src))
+
+
+@pytest.mark.parametrize("attn_impl", ["manual", "fused"])
+def test_a_source_of_padding_only_is_an_error_not_nan(attn_impl):
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(TINY, attn_impl=attn_impl)).eval()
+    src, tgt = torch.randint(1, 64, (2, 5)), torch.randint(1, 64, (2, 4))
+    src[1] = TINY.pad_id
+    message = r"every src row needs a token other than pad_id=0; rows \[1\] are all padding"
+    with pytest.raises(ValueError, match=message):
+        model(src, tgt)
+    with pytest.raises(ValueError, match=message):
+        model.attention_weights(src, tgt)
+    with pytest.raises(ValueError, match=message):
+        next_token_logits_fn(model, src)
+    memory = model.encode(src[:1])
+    blind = torch.zeros(1, 1, 1, 5, dtype=torch.bool)  # a hand-made mask that hides every source token
+    with pytest.raises(ValueError, match=r"every src_mask row needs a True"):
+        model.decode(tgt[:1], memory, blind)
+    with pytest.raises(ValueError, match=r"every src_mask row needs a True"):
+        model.encode(src[:1], blind)
+    with pytest.raises(ValueError, match="src_mask must be a boolean"):
+        model.decode(tgt[:1], memory, blind.long())

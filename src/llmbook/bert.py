@@ -4,6 +4,13 @@ The input is the sum of three learned embeddings (token, segment, position), nor
 stack of the encoder layers of Chapter 1 with no causal mask, so every token sees both its left and its right
 context. Heads sit on top: the masked-LM head (tied to the token embeddings), the pooler on [CLS] and a classifier.
 Hugging Face BERT checkpoints load through ``load_hf_bert_state_dict``, the one key map for this model family.
+
+The models of the book share one shape: the layer stack is ``layers``; ``forward(tokens, segments, attention_mask)``
+returns one tensor (the last hidden states (B, T, D) for the ``Bert`` body, logits for the models with a head);
+``hidden_states(...)`` the last layer's output (B, T, D) and ``attention_weights(...)`` a list of n_layers weights
+(B, H, T, T), both with the inputs of ``forward``. Token and segment ids are checked by
+``llmbook.config.check_token_ids``, and a row made only of padding is an error: it has nothing to attend to.
+``load_hf_bert_state_dict(model, hf_state_dict)`` returns the Hugging Face keys it leaves unused.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmbook.attention import padding_mask
-from llmbook.config import check_model_config
+from llmbook.config import check_attends_somewhere, check_model_config, check_pad_id, check_token_ids
 from llmbook.layers import ACTIVATIONS, EncoderLayer
 from llmbook.positional import LearnedPositionalEmbedding
 
@@ -45,9 +52,7 @@ class BertConfig:
             self, ("vocab_size", "context_length", "type_vocab_size", "d_model", "n_heads", "n_layers", "d_ff"),
             ("norm_first",),
         )
-        pad_ok = isinstance(self.pad_id, int) and not isinstance(self.pad_id, bool)
-        if not (pad_ok and 0 <= self.pad_id < self.vocab_size):
-            raise ValueError(f"pad_id must be an integer in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}")
+        check_pad_id(self, self.vocab_size)
 
 
 PRESETS: dict[str, BertConfig] = {
@@ -108,16 +113,10 @@ def bert_parameter_count(config: BertConfig, pooler: bool = False, mlm_head: boo
     return total + n_classes * (D + 1)
 
 
-def _check_ids(name: str, ids: Tensor, limit_name: str, limit: int) -> None:
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= limit):
-        low, high = int(ids.min()), int(ids.max())
-        raise ValueError(f"{name} must be ids in [0, {limit_name}={limit}), got values from {low} to {high}")
-
-
 class Bert(nn.Module):
     """The BERT encoder: token + segment + position embeddings, LayerNorm, then n_layers post-LN encoder layers.
 
-    Returns the hidden states of the last layer (B, T, D), and per-layer attention weights when asked.
+    ``forward`` returns the hidden states of the last layer (B, T, D); ``attention_weights`` those of every layer.
     Introduced in Chapter 3.
     """
 
@@ -140,60 +139,57 @@ class Bert(nn.Module):
         self.final_norm = nn.LayerNorm(D, eps=config.layer_norm_eps) if config.norm_first else nn.Identity()
         self.apply(_init_bert_weights)
 
-    def _check_inputs(self, tokens: Tensor, segments: Tensor, attention_mask: Tensor | None) -> None:
+    def _embed(self, tokens: Tensor, segments: Tensor | None, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Checked inputs -> the embeddings (B, T, D) after LayerNorm and dropout, and the key mask (B, 1, 1, T)."""
         c = self.config
-        if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                f"tokens must be an integer tensor of shape (B, T), got {tokens.dtype}, {tuple(tokens.shape)}"
-            )
-        if tokens.shape[1] > c.context_length:
-            raise ValueError(f"sequence length {tokens.shape[1]} is past context_length={c.context_length}")
-        _check_ids("tokens", tokens, "vocab_size", c.vocab_size)
-        if segments.shape != tokens.shape:
+        check_token_ids(tokens, c.vocab_size, context_length=c.context_length)
+        if segments is None:
+            segments = torch.zeros_like(tokens)  # every token in segment 0
+        elif isinstance(segments, Tensor) and segments.shape != tokens.shape:
             raise ValueError(f"segments must have shape {tuple(tokens.shape)} like tokens, got {tuple(segments.shape)}")
-        _check_ids("segments", segments, "type_vocab_size", c.type_vocab_size)
-        if attention_mask is not None and attention_mask.shape != tokens.shape:
-            raise ValueError(
-                f"attention_mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(attention_mask.shape)}"
-            )
-
-    def encode(
-        self,
-        tokens: Tensor,
-        segments: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, list[Tensor] | None]:
-        """tokens, segments: (B, T) ids; attention_mask: (B, T), 1 = real token, 0 = padding.
-
-        Without ``attention_mask`` the padding is read from ``tokens == pad_id``; without ``segments`` every token is
-        in segment 0. Returns the hidden states (B, T, D) and a list of n_layers weights (B, H, T, T) or None.
-        """
-        segments = torch.zeros_like(tokens) if segments is None else segments
-        self._check_inputs(tokens, segments, attention_mask)
+        check_token_ids(segments, c.type_vocab_size, name="segments", vocab_name="type_vocab_size")
         if attention_mask is None:
-            mask = padding_mask(tokens, self.config.pad_id)  # (B, 1, 1, T), True = may attend
+            mask = padding_mask(tokens, c.pad_id)  # (B, 1, 1, T), True = may attend
+            check_attends_somewhere(mask, "tokens", f"a token other than pad_id={c.pad_id}")
         else:
+            if not isinstance(attention_mask, Tensor) or attention_mask.shape != tokens.shape:
+                shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else attention_mask
+                raise ValueError(f"attention_mask must have the shape of tokens {tuple(tokens.shape)}, got {shape}")
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+            check_attends_somewhere(mask, "attention_mask", "a 1 (a real token)")
         positions = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
         x = self.tok_emb(tokens) + self.seg_emb(segments) + self.pos_emb(positions)  # (B, T, D)
-        x = self.dropout(self.emb_norm(x))
-        all_weights = []
+        return self.dropout(self.emb_norm(x)), mask
+
+    def hidden_states(
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """tokens, segments: (B, T) ids; attention_mask: (B, T), 1 = real token, 0 = padding -> (B, T, D).
+
+        Without ``attention_mask`` the padding is read from ``tokens == pad_id``; without ``segments`` every token is
+        in segment 0. Every row needs at least one real token.
+        """
+        x, mask = self._embed(tokens, segments, attention_mask)
         for layer in self.layers:
-            x, weights = layer(x, mask=mask, need_weights=need_weights)
-            all_weights.append(weights)
-        return self.final_norm(x), (all_weights if need_weights else None)
+            x, _ = layer(x, mask=mask)
+        return self.final_norm(x)
 
     def forward(
-        self,
-        tokens: Tensor,
-        segments: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Hidden states (B, T, D); with ``need_weights``, (hidden states, per-layer weights). Inputs as ``encode``."""
-        hidden, weights = self.encode(tokens, segments, attention_mask, need_weights)
-        return (hidden, weights) if need_weights else hidden
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """The last hidden states (B, T, D); inputs as ``hidden_states``."""
+        return self.hidden_states(tokens, segments, attention_mask)
+
+    def attention_weights(
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> list[Tensor]:
+        """n_layers attention weights (B, H, T, T), rows are queries (manual attention path); inputs as forward."""
+        x, mask = self._embed(tokens, segments, attention_mask)
+        weights = []
+        for layer in self.layers:
+            x, w = layer(x, mask=mask, need_weights=True)
+            weights.append(w)
+        return weights
 
 
 class BertMLMHead(nn.Module):
@@ -238,16 +234,23 @@ class BertForMaskedLM(nn.Module):
         self.mlm_head.apply(_init_bert_weights)
 
     def forward(
-        self,
-        tokens: Tensor,
-        segments: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Inputs as ``Bert.encode``. Returns logits (B, T, V); with ``need_weights``, (logits, attention weights)."""
-        hidden, weights = self.bert.encode(tokens, segments, attention_mask, need_weights)  # (B, T, D)
-        logits = self.mlm_head(hidden, self.bert.tok_emb.weight)  # (B, T, V)
-        return (logits, weights) if need_weights else logits
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Masked-LM logits (B, T, V); inputs as ``Bert.hidden_states``."""
+        hidden = self.bert.hidden_states(tokens, segments, attention_mask)  # (B, T, D)
+        return self.mlm_head(hidden, self.bert.tok_emb.weight)  # (B, T, V)
+
+    def hidden_states(
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """The body's last hidden states (B, T, D), which the head reads; inputs as ``forward``."""
+        return self.bert.hidden_states(tokens, segments, attention_mask)
+
+    def attention_weights(
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> list[Tensor]:
+        """The body's n_layers attention weights (B, H, T, T); inputs as ``forward``."""
+        return self.bert.attention_weights(tokens, segments, attention_mask)
 
 
 class BertClassifier(nn.Module):
@@ -269,16 +272,23 @@ class BertClassifier(nn.Module):
         self.classifier.apply(_init_bert_weights)
 
     def forward(
-        self,
-        tokens: Tensor,
-        segments: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Inputs as ``Bert.encode``. Returns class logits (B, n_classes); with ``need_weights``, also the weights."""
-        hidden, weights = self.bert.encode(tokens, segments, attention_mask, need_weights)  # (B, T, D)
-        logits = self.classifier(self.dropout(self.pooler(hidden)))  # (B, n_classes)
-        return (logits, weights) if need_weights else logits
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Class logits (B, n_classes); inputs as ``Bert.hidden_states``."""
+        hidden = self.bert.hidden_states(tokens, segments, attention_mask)  # (B, T, D)
+        return self.classifier(self.dropout(self.pooler(hidden)))  # (B, n_classes)
+
+    def hidden_states(
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """The body's last hidden states (B, T, D); inputs as ``forward``."""
+        return self.bert.hidden_states(tokens, segments, attention_mask)
+
+    def attention_weights(
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> list[Tensor]:
+        """The body's n_layers attention weights (B, H, T, T); inputs as ``forward``."""
+        return self.bert.attention_weights(tokens, segments, attention_mask)
 
 
 def _init_bert_weights(module: nn.Module) -> None:
@@ -355,8 +365,9 @@ def load_hf_bert_state_dict(model: nn.Module, hf_state_dict: dict[str, Tensor]) 
     """Copy a Hugging Face BERT state dict into ``model`` (Bert, BertForMaskedLM or BertClassifier).
 
     Works for BertModel dicts (``embeddings.*``) and for BertFor* dicts (``bert.embeddings.*``, ``cls.*``). Every
-    parameter of ``model`` must be found; returns the HF keys that ``model`` has no place for (e.g. the pooler when
-    loading into a plain Bert). Introduced in Chapter 3.
+    parameter of ``model`` must be found; returns the HF keys of heads that ``model`` has no place for (e.g. the
+    pooler when loading into a plain Bert). Raises a ValueError for an unknown, missing or misshapen weight.
+    Introduced in Chapter 3.
     """
     if not isinstance(model, (Bert, BertForMaskedLM, BertClassifier)):
         raise TypeError(f"model must be a Bert, BertForMaskedLM or BertClassifier, got {type(model).__name__}")
@@ -376,7 +387,9 @@ def load_hf_bert_state_dict(model: nn.Module, hf_state_dict: dict[str, Tensor]) 
         if name is None:
             continue
         if name not in ours:
-            unused.append(hf_name)
+            if hf_name.startswith(("embeddings.", "encoder.")):  # a body weight must have its place
+                raise ValueError(f"{hf_name} maps to {name}, which this model does not have (different depth?)")
+            unused.append(hf_name)  # a head this model does not have
             continue
         if tuple(tensor.shape) != tuple(ours[name].shape):
             raise ValueError(f"{hf_name} has shape {tuple(tensor.shape)}, but {name} needs {tuple(ours[name].shape)}")

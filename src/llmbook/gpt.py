@@ -15,6 +15,11 @@ original GPT", and is this number rounded: 12 blocks of 7,087,872 (85.05M), a 40
 the output layer (31.09M) and 512 x 768 positions (0.39M). The vocabulary is the paper's 40,000 BPE merges plus 478
 base symbols; fine-tuning adds rows for the three special tokens. (GPT-2's own smallest model, with 50,257 tokens and
 1,024 positions, has 124M.)
+
+The models of the book share one shape: the layer stack is ``layers``; ``forward(tokens)`` returns one tensor, the
+logits; ``hidden_states(tokens)`` the last layer's output (B, T, D); ``attention_weights(tokens)`` a list of
+n_layers weights (B, H, T, T). Token ids are checked by ``llmbook.config.check_token_ids``; Hugging Face weights load
+through ``load_hf_openai_gpt_state_dict(model, hf_state_dict)``, which returns the Hugging Face keys it leaves unused.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmbook.attention import causal_mask
-from llmbook.config import check_model_config
+from llmbook.config import check_model_config, check_token_ids
 from llmbook.decoding import greedy_decode, sample
 from llmbook.layers import EncoderLayer
 from llmbook.positional import LearnedPositionalEmbedding
@@ -95,26 +100,17 @@ def lm_loss(logits: Tensor, tokens: Tensor, pad_id: int | None = None) -> Tensor
     V = logits.shape[-1]
     predictions = logits[..., :-1, :].reshape(-1, V)  # (N, V), N = (...) * (T - 1)
     targets = tokens[..., 1:].reshape(-1)  # (N,)
-    return F.cross_entropy(predictions.float(), targets, ignore_index=-100 if pad_id is None else pad_id)
-
-
-def _check_tokens(tokens: Tensor, config: GPTConfig) -> None:
-    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens must be a (B, T) tensor of token ids, got {shape}")
-    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-        raise TypeError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
-    if tokens.shape[1] > config.context_length:
-        raise ValueError(f"tokens has length {tokens.shape[1]}, more than context_length={config.context_length}")
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= config.vocab_size):
-        low, high = int(tokens.min()), int(tokens.max())
-        raise ValueError(f"token ids must be in [0, vocab_size={config.vocab_size}), got values from {low} to {high}")
+    ignore_index = -100 if pad_id is None else pad_id
+    if not bool((targets != ignore_index).any()):  # a mean over no target is NaN
+        raise ValueError(f"tokens hold no target: T < 2, or every token after the first is pad_id={pad_id}")
+    return F.cross_entropy(predictions.float(), targets, ignore_index=ignore_index)
 
 
 class GPT(nn.Module):
     """Decoder-only Transformer language model: tokens (B, T) -> next-token logits (B, T, V).
 
-    ``hidden_states`` gives the last layer's output (B, T, D) for fine-tuning heads. Introduced in Chapter 2.
+    ``hidden_states`` gives the last layer's output (B, T, D) for fine-tuning heads, ``attention_weights`` the
+    attention of every layer. Introduced in Chapter 2.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -124,7 +120,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, D)
         self.pos_emb = LearnedPositionalEmbedding(config.context_length, D)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(
+        self.layers = nn.ModuleList(
             EncoderLayer(D, config.n_heads, config.d_ff, config.dropout, config.activation, config.norm_first,
                          config.attn_impl, config.layer_norm_eps)
             for _ in range(config.n_layers)
@@ -150,30 +146,33 @@ class GPT(nn.Module):
             for linear in (module.self_attn.W_o, module.ff.W_2):
                 nn.init.normal_(linear.weight, std=std / math.sqrt(2 * self.config.n_layers))
 
-    def hidden_states(self, tokens: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
-        """tokens (B, T) -> the last block's output (B, T, D) (after the final LayerNorm, if any).
+    def _embed(self, tokens: Tensor) -> Tensor:
+        """h_0 = U W_e + W_p: token plus position embeddings (B, T, D) of checked token ids (B, T)."""
+        check_token_ids(tokens, self.config.vocab_size, context_length=self.config.context_length)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
+        return self.dropout(self.tok_emb(tokens) + self.pos_emb(positions))  # (B, T, D)
 
-        With ``need_weights`` also a list of n_layers attention weights (B, H, T, T).
-        """
-        _check_tokens(tokens, self.config)
-        T = tokens.shape[1]
-        positions = torch.arange(T, device=tokens.device)  # (T,)
-        x = self.dropout(self.tok_emb(tokens) + self.pos_emb(positions))  # (B, T, D)
-        mask = causal_mask(T, device=tokens.device)  # (T, T), broadcasts to (B, H, T, T)
+    def hidden_states(self, tokens: Tensor) -> Tensor:
+        """tokens (B, T) -> the last layer's output (B, T, D) (after the final LayerNorm, if any)."""
+        x = self._embed(tokens)  # h_0, (B, T, D)
+        mask = causal_mask(tokens.shape[1], device=tokens.device)  # (T, T), broadcasts to (B, H, T, T)
+        for layer in self.layers:
+            x, _ = layer(x, mask=mask)  # h_l = block(h_{l-1})
+        return self.final_norm(x)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """tokens (B, T) -> logits (B, T, V), where position t predicts token t + 1."""
+        return self.lm_head(self.hidden_states(tokens))  # (B, T, V)
+
+    def attention_weights(self, tokens: Tensor) -> list[Tensor]:
+        """tokens (B, T) -> n_layers attention weights (B, H, T, T), rows are queries (manual attention path)."""
+        x = self._embed(tokens)
+        mask = causal_mask(tokens.shape[1], device=tokens.device)
         weights = []
-        for block in self.blocks:
-            x, w = block(x, mask=mask, need_weights=need_weights)
+        for layer in self.layers:
+            x, w = layer(x, mask=mask, need_weights=True)
             weights.append(w)
-        return self.final_norm(x), (weights if need_weights else None)
-
-    def forward(self, tokens: Tensor, need_weights: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """tokens (B, T) -> logits (B, T, V), where position t predicts token t + 1.
-
-        With ``need_weights``, returns (logits, list of n_layers attention weights (B, H, T, T)).
-        """
-        h, weights = self.hidden_states(tokens, need_weights)
-        logits = self.lm_head(h)  # (B, T, V)
-        return (logits, weights) if need_weights else logits
+        return weights
 
     @torch.no_grad()
     def generate(
@@ -298,13 +297,12 @@ class GPTClassifier(nn.Module):
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """tokens (B, T) or (B, K, T) -> class logits (B, n_classes) and LM logits (B, T, V) or (B, K, T, V)."""
-        if tokens.dim() not in (2, 3):
-            raise ValueError(f"tokens must have shape (B, T) or (B, K, T), got {tuple(tokens.shape)}")
+        check_token_ids(tokens, self.gpt.config.vocab_size, context_length=self.gpt.config.context_length, ndim=(2, 3))
         flat = tokens.reshape(-1, tokens.shape[-1])  # (B*K, T)
         is_extract = flat == self.extract_id  # (B*K, T)
         if not bool((is_extract.sum(dim=1) == 1).all()):
             raise ValueError(f"every input must hold exactly one <extract> token (id {self.extract_id})")
-        h, _ = self.gpt.hidden_states(flat)  # (B*K, T, D)
+        h = self.gpt.hidden_states(flat)  # (B*K, T, D)
         h_extract = h[torch.arange(flat.shape[0]), is_extract.int().argmax(dim=1)]  # (B*K, D)
         h_extract = h_extract.view(*tokens.shape[:-1], -1)  # (B, D) or (B, K, D)
         if tokens.dim() == 3:
@@ -334,15 +332,17 @@ _HF_BLOCK = {  # inside transformer.h.N. (Conv1D weights are stored (in, out): t
     "mlp.c_proj": "ff.W_2",
     "ln_2": "norm2",
 }
+# Heads of other OpenAIGPT classes (DoubleHeads, ForSequenceClassification): known, and left unused.
+_HF_OTHER_HEADS = ("multiple_choice_head.", "score.")
 
 
-def load_openai_gpt_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) -> list[str]:
+def load_hf_openai_gpt_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) -> list[str]:
     """Copy a Hugging Face ``OpenAIGPTLMHeadModel`` (or ``OpenAIGPTModel``) state dict into ``model``.
 
     Hugging Face keeps GPT-1's ``Conv1D`` layers, whose weights are the transpose of ``nn.Linear``'s, and one fused
     ``c_attn`` (D, 3D) for the query, key and value projections, split here into W_q, W_k, W_v. Every parameter of
-    ``model`` must be found; returns the HF keys it has no place for (e.g. a multiple-choice head).
-    Introduced in Chapter 2.
+    ``model`` must be found; returns the HF keys it has no place for (e.g. a multiple-choice head). Raises a
+    ValueError for an unknown, missing or misshapen weight. Introduced in Chapter 2.
     """
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a GPT, got {type(model).__name__}")
@@ -367,12 +367,14 @@ def load_openai_gpt_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) -> 
         elif name.startswith("h."):
             n, module_param = name[2:].split(".", 1)
             module, param = module_param.rsplit(".", 1)
-            prefix = f"blocks.{n}"
+            prefix = f"layers.{n}"
             if module == "attn" and param == "bias":  # a causal-mask buffer in older checkpoints
                 continue
             if module == "attn.c_attn":  # fused (D, 3D) weight or (3D,) bias -> W_q, W_k, W_v
+                if tensor.shape[-1] != 3 * D:
+                    raise ValueError(f"{name} has shape {tuple(tensor.shape)}, but d_model={D} needs 3 * D = {3 * D}")
                 parts = tensor.split(D, dim=-1)
-                for w, part in zip(("W_q", "W_k", "W_v"), parts):
+                for w, part in zip(("W_q", "W_k", "W_v"), parts, strict=True):
                     state[f"{prefix}.self_attn.{w}.{param}"] = part.t() if param == "weight" else part
             elif module in _HF_BLOCK:
                 conv = module.startswith(("attn.", "mlp.")) and param == "weight"
@@ -381,8 +383,10 @@ def load_openai_gpt_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) -> 
                 raise ValueError(f"hf_state_dict has a key the GPT key map does not know: {name!r}")
         elif name == "position_ids":
             continue
-        else:
+        elif name.startswith(_HF_OTHER_HEADS):
             unused.append(name)
+        else:
+            raise ValueError(f"hf_state_dict has a key the GPT key map does not know: {name!r}")
     if c.tie_embeddings and "tok_emb.weight" in state:
         state["lm_head.weight"] = state["tok_emb.weight"]  # one matrix under two names
     ours = model.state_dict()

@@ -9,12 +9,14 @@ GPT and BERT blocks are the encoder layer below: GPT with a causal mask, BERT wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmbook.attention import MultiHeadAttention
 
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,  # the exact, erf-based GELU (BERT)
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # the tanh approximation (GPT-1, GPT-2)
@@ -59,8 +61,13 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x: (B, T, D), mask broadcastable to (B, H, T, T). Returns (B, T, D) and the weights if asked."""
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """x: (B, T, D), mask broadcastable to (B, H, T, T). Returns (B, T, D) and the weights if asked.
+
+        ``need_weights`` is the layer's internal switch; models expose the weights through ``attention_weights``.
+        """
         if self.norm_first:
             a, weights = self.self_attn(self.norm1(x), mask=mask, need_weights=need_weights)
             x = x + self.dropout(a)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from llmbook.config import check_token_ids
+
 IGNORE_INDEX = -100  # label of positions that are not predicted; F.cross_entropy's default ignore_index
 
 
@@ -34,15 +36,12 @@ def mask_tokens(
     random non-special token (10%) or stays (10%). ``labels`` holds the original token where selected and
     IGNORE_INDEX (-100) elsewhere. ``mask_id`` is always treated as special. Introduced in Chapter 3.
     """
-    if tokens.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+    check_token_ids(tokens, vocab_size, ndim=None)  # any shape: (T,) or (B, T)
     if not 0.0 < mask_prob <= 1.0:
         raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob!r}")
     special = sorted(set(int(i) for i in special_ids) | {mask_id})
     if special[0] < 0 or special[-1] >= vocab_size:
         raise ValueError(f"mask_id and special_ids must be ids in [0, vocab_size={vocab_size}), got {special}")
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
-        raise ValueError(f"tokens must be ids in [0, vocab_size={vocab_size}), got values up to {int(tokens.max())}")
     is_candidate = torch.ones(vocab_size, dtype=torch.bool)  # (V,)
     is_candidate[special] = False
     candidates = is_candidate.nonzero().squeeze(1)  # ids a random replacement may take

@@ -84,7 +84,7 @@ def sentence_embeddings(model: Bert, tokenizer: Tokenizer, sentences: Sequence[s
         tokens = torch.tensor([e.ids for e in encodings], device=device)  # (B, T)
         segments = torch.tensor([e.type_ids for e in encodings], device=device)  # (B, T)
         attention_mask = torch.tensor([e.attention_mask for e in encodings], device=device)  # (B, T)
-        hidden = model(tokens, segments, attention_mask)  # (B, T, D)
+        hidden = model.hidden_states(tokens, segments, attention_mask)  # (B, T, D)
         chunks.append(F.normalize(mean_pool(hidden, attention_mask), p=2, dim=1))
     if not chunks:
         return torch.empty(0, model.config.d_model, device=device)

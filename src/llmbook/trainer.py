@@ -26,6 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from llmbook.config import check_bool, check_choice, check_int, check_real, is_real
+
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], Tensor]
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
@@ -91,26 +93,30 @@ class TrainerConfig:
     progress: bool = False  # show a tqdm progress bar
 
     def __post_init__(self) -> None:
-        def require(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
-
-        require(self.max_steps >= 1, "max_steps", "a positive integer")
-        require(self.lr > 0, "lr", "positive")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
-        require(self.eps > 0, "eps", "positive")
-        require(self.weight_decay >= 0, "weight_decay", ">= 0")
-        require(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
-        require(self.warmup_steps >= (1 if self.schedule == "inverse_sqrt" else 0), "warmup_steps",
-                ">= 1 for the inverse_sqrt schedule" if self.schedule == "inverse_sqrt" else ">= 0")
-        require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "positive or None")
-        require(self.eval_every >= 0, "eval_every", ">= 0 (0 = never)")
-        require(self.eval_batches >= 1, "eval_batches", "a positive integer")
-        require(self.log_every >= 1, "log_every", "a positive integer")
-        require(self.device in DEVICES, "device", f"one of {DEVICES}")
-        require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 = only at max_steps)")
-        require(self.checkpoint_every == 0 or self.checkpoint_path is not None, "checkpoint_every",
-                "0 when checkpoint_path is None")
+        check_int(self, "max_steps", 1)
+        check_real(self, "lr", 0, min_open=True)
+        betas = self.betas
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(is_real(b) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"betas must be two real numbers in [0, 1), got {betas!r}")
+        check_real(self, "eps", 0, min_open=True)
+        check_real(self, "weight_decay", 0)
+        check_choice(self, "schedule", SCHEDULES)
+        # The run reaches the peak lr; the inverse square root schedule divides by warmup_steps.
+        low = 1 if self.schedule == "inverse_sqrt" else 0
+        allowed = f"an integer in [{low}, max_steps={self.max_steps}]" + (" for inverse_sqrt" if low else "")
+        check_int(self, "warmup_steps", low, self.max_steps, allowed=allowed)
+        check_real(self, "grad_clip", 0, min_open=True, optional=True)
+        check_int(self, "eval_every", 0, allowed="an integer >= 0 (0 = never)")
+        check_int(self, "eval_batches", 1)
+        check_int(self, "log_every", 1)
+        check_int(self, "seed", 0, 2**32 - 1)  # NumPy's seeds are 32-bit
+        check_choice(self, "device", DEVICES)
+        if self.checkpoint_path is not None and not isinstance(self.checkpoint_path, str):
+            raise ValueError(f"checkpoint_path must be a str or None, got {self.checkpoint_path!r}")
+        check_int(self, "checkpoint_every", 0, allowed="an integer >= 0 (0 = only at max_steps)")
+        if self.checkpoint_every and self.checkpoint_path is None:
+            raise ValueError(f"checkpoint_every must be 0 when checkpoint_path is None, got {self.checkpoint_every!r}")
+        check_bool(self, "progress")
 
 
 def lr_at(step: int, config: TrainerConfig) -> float:
@@ -166,7 +172,7 @@ def make_loss_fn(ignore_index: int = -100, label_smoothing: float = 0.0) -> Loss
     """A ``loss_fn`` for batches ``(*model_inputs, targets)``: cross-entropy of ``model(*model_inputs)``.
 
     Works for language models, batch (x, y), and encoder-decoders, batch (src, tgt_in, tgt_out). A model that
-    returns a tuple (logits, attention weights) is fine: the first element is used. Introduced in Chapter 1.
+    returns a tuple whose first element is the logits (as ``GPTClassifier``) is fine. Introduced in Chapter 1.
     """
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")

@@ -8,18 +8,32 @@ base 63.1M (paper 65M) and big 214.2M (paper 213M). The paper gives no breakdown
 paper describes: one 37000 x D matrix shared by both embeddings and the pre-softmax linear (unshared, base would be
 101M), no parameters in the sinusoidal positions, biases in every linear map, two LayerNorm vectors per sub-layer.
 The rest of the gap is most likely the exact vocabulary ("about 37000 tokens") and rounding in the paper.
+
+The models of the book share one shape. Layer stacks are ``layers``; this model has two and names them with a prefix
+per stack, ``encoder_layers`` and ``decoder_layers``. ``forward(src, tgt)`` returns one tensor, the logits;
+``hidden_states(src, tgt)`` the decoder's last output (B, T, D), which the output layer reads;
+``attention_weights(src, tgt)`` every attention map as an ``AttentionWeights``. Token ids are checked by
+``llmbook.config.check_token_ids``; Hugging Face weights load through ``load_hf_marian_state_dict(model,
+hf_state_dict)``, which returns the Hugging Face keys it leaves unused, as the loaders of GPT and BERT do.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from llmbook.attention import causal_mask, padding_mask
-from llmbook.config import check_model_config
+from llmbook.config import (
+    check_attends_somewhere,
+    check_choice,
+    check_model_config,
+    check_pad_id,
+    check_token_ids,
+)
 from llmbook.decoding import NextTokenLogits
 from llmbook.layers import DecoderLayer, EncoderLayer
 from llmbook.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
@@ -59,8 +73,7 @@ class TransformerConfig:
             self, ("src_vocab_size", "tgt_vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff"),
             ("norm_first", "tie_embeddings"),
         )
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        check_choice(self, "positions", POSITIONS)
         if self.positions == "sinusoidal" and self.d_model % 2 != 0:
             raise ValueError(f"d_model must be even for sinusoidal positions, got {self.d_model}")
         if self.tie_embeddings and self.src_vocab_size != self.tgt_vocab_size:
@@ -69,9 +82,8 @@ class TransformerConfig:
                 f"({self.src_vocab_size}) must equal tgt_vocab_size ({self.tgt_vocab_size}); "
                 "set tie_embeddings=False for separate vocabularies"
             )
-        if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
-            raise ValueError(f"pad_id must be a token id in both vocabularies, got {self.pad_id}")
-
+        # pad_id is a token of both vocabularies: source padding is masked, target padding ignored by the loss.
+        check_pad_id(self, min(self.src_vocab_size, self.tgt_vocab_size), "min(src_vocab_size, tgt_vocab_size)")
 
 PRESETS: dict[str, TransformerConfig] = {
     # The paper's Table 3. EN-DE used a shared byte-pair vocabulary of about 37000 tokens; the big model's
@@ -118,9 +130,10 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         D = config.d_model
-        layer_args = dict(d_model=D, n_heads=config.n_heads, d_ff=config.d_ff, dropout=config.dropout,
-                          activation=config.activation, norm_first=config.norm_first, attn_impl=config.attn_impl,
-                          layer_norm_eps=config.layer_norm_eps)
+        layer_args: dict[str, Any] = dict(
+            d_model=D, n_heads=config.n_heads, d_ff=config.d_ff, dropout=config.dropout, activation=config.activation,
+            norm_first=config.norm_first, attn_impl=config.attn_impl, layer_norm_eps=config.layer_norm_eps,
+        )
         self.src_tok_emb = nn.Embedding(config.src_vocab_size, D)
         self.tgt_tok_emb = self.src_tok_emb if config.tie_embeddings else nn.Embedding(config.tgt_vocab_size, D)
         self.src_pos = _make_positions(config)
@@ -150,20 +163,15 @@ class Transformer(nn.Module):
             nn.init.normal_(emb.weight, std=self.config.d_model**-0.5)
 
     def _check_tokens(self, tokens: Tensor, name: str, vocab_size: int) -> None:
-        if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-            shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise ValueError(f"{name} must be a (B, L) tensor of token ids, got {shape}")
-        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
-        if tokens.shape[1] > self.config.context_length:
-            raise ValueError(
-                f"{name} has length {tokens.shape[1]}, more than context_length={self.config.context_length}"
-            )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
-            raise ValueError(
-                f"{name} token ids must be in [0, {vocab_size}), got values in "
-                f"[{int(tokens.min())}, {int(tokens.max())}]"
-            )
+        check_token_ids(tokens, vocab_size, name=name, context_length=self.config.context_length,
+                        vocab_name=f"{name}_vocab_size")
+
+    def _check_src_mask(self, src_mask: Tensor, batch_size: int) -> None:
+        if not isinstance(src_mask, Tensor) or src_mask.dtype != torch.bool or src_mask.dim() != 4:
+            raise ValueError("src_mask must be a boolean (B, 1, 1, S) tensor, True on real tokens (see source_mask)")
+        if src_mask.shape[0] not in (1, batch_size):
+            raise ValueError(f"src_mask has batch size {src_mask.shape[0]}, but the batch has {batch_size} rows")
+        check_attends_somewhere(src_mask, "src_mask", "a True (a real source token)")
 
     def _embed(self, tokens: Tensor, tok_emb: nn.Embedding, pos: nn.Module) -> Tensor:
         positions = torch.arange(tokens.shape[1], device=tokens.device)  # (L,)
@@ -182,6 +190,7 @@ class Transformer(nn.Module):
     def _decode(
         self, tgt: Tensor, memory: Tensor, src_mask: Tensor, need_weights: bool
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """The decoder's last output (B, T, D), before the output layer, and the weights if asked."""
         self._check_tokens(tgt, "tgt", self.config.tgt_vocab_size)
         if memory.dim() != 3 or memory.shape[0] != tgt.shape[0] or memory.shape[2] != self.config.d_model:
             raise ValueError(
@@ -194,40 +203,54 @@ class Transformer(nn.Module):
             x, self_w, cross_w = layer(x, memory, self_mask, src_mask, need_weights=need_weights)
             self_weights.append(self_w)
             cross_weights.append(cross_w)
-        return self.lm_head(self.decoder_norm(x)), self_weights, cross_weights  # (B, T, V)
+        return self.decoder_norm(x), self_weights, cross_weights  # (B, T, D)
+
+    def _run(self, src: Tensor, tgt: Tensor, need_weights: bool) -> tuple[Tensor, AttentionWeights]:
+        """Encode src, decode tgt: the decoder's last output (B, T, D) and the weights if asked."""
+        if src.dim() == 2 and tgt.dim() == 2 and src.shape[0] != tgt.shape[0]:
+            raise ValueError(f"src and tgt must have the same batch size, got {src.shape[0]} and {tgt.shape[0]}")
+        src_mask = self.source_mask(src)
+        memory, enc_w = self._encode(src, src_mask, need_weights)
+        hidden, self_w, cross_w = self._decode(tgt, memory, src_mask, need_weights)
+        return hidden, AttentionWeights(enc_w, self_w, cross_w)
 
     def source_mask(self, src: Tensor) -> Tensor:
         """(B, 1, 1, S) padding mask of the source, True on real tokens; rejects all-padding rows."""
         self._check_tokens(src, "src", self.config.src_vocab_size)
         mask = padding_mask(src, self.config.pad_id)
-        if src.numel() and not bool(mask.any(dim=-1).all()):
-            raise ValueError(f"every src row needs a token other than pad_id={self.config.pad_id}")
+        check_attends_somewhere(mask, "src", f"a token other than pad_id={self.config.pad_id}")
         return mask
 
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """src (B, S) -> memory (B, S, D). ``src_mask`` defaults to ``self.source_mask(src)``."""
-        src_mask = self.source_mask(src) if src_mask is None else src_mask
+        if src_mask is None:
+            src_mask = self.source_mask(src)
+        else:
+            self._check_src_mask(src_mask, src.shape[0])
         return self._encode(src, src_mask, need_weights=False)[0]
 
     def decode(self, tgt: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
         """tgt (B, T) and memory (B, S, D) -> logits (B, T, V); src_mask (B, 1, 1, S) hides source padding."""
-        return self._decode(tgt, memory, src_mask, need_weights=False)[0]
+        self._check_src_mask(src_mask, tgt.shape[0])
+        return self.lm_head(self._decode(tgt, memory, src_mask, need_weights=False)[0])
 
-    def forward(
-        self, src: Tensor, tgt: Tensor, need_weights: bool = False
-    ) -> Tensor | tuple[Tensor, AttentionWeights]:
-        """src (B, S), tgt (B, T) -> logits (B, T, V); with ``need_weights`` also every attention map.
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """src (B, S), tgt (B, T) -> logits (B, T, V). Logits at position t predict target token t + 1.
 
-        Logits at position t predict target token t + 1 (tgt starts with the start token).
+        tgt starts with the start token.
         """
-        if src.dim() == 2 and tgt.dim() == 2 and src.shape[0] != tgt.shape[0]:
-            raise ValueError(f"src and tgt must have the same batch size, got {src.shape[0]} and {tgt.shape[0]}")
-        src_mask = self.source_mask(src)
-        memory, enc_w = self._encode(src, src_mask, need_weights)
-        logits, self_w, cross_w = self._decode(tgt, memory, src_mask, need_weights)
-        if need_weights:
-            return logits, AttentionWeights(enc_w, self_w, cross_w)
-        return logits
+        return self.lm_head(self._run(src, tgt, need_weights=False)[0])  # (B, T, V)
+
+    def hidden_states(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """src (B, S), tgt (B, T) -> the decoder's last output (B, T, D) (after its final LayerNorm, if any)."""
+        return self._run(src, tgt, need_weights=False)[0]
+
+    def attention_weights(self, src: Tensor, tgt: Tensor) -> AttentionWeights:
+        """src (B, S), tgt (B, T) -> every attention map of the forward pass, one (B, H, ., .) tensor per layer.
+
+        The weights are computed by the manual attention path (the fused kernel does not return them).
+        """
+        return self._run(src, tgt, need_weights=True)[1]
 
 
 def next_token_logits_fn(model: Transformer, src: Tensor) -> NextTokenLogits:
@@ -252,11 +275,6 @@ def next_token_logits_fn(model: Transformer, src: Tensor) -> NextTokenLogits:
         return logits[:, -1, :]  # (B, V)
 
     return next_token_logits
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of distinct trainable parameters (a tied matrix counts once). Introduced in Chapter 1."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def transformer_parameter_count(config: TransformerConfig) -> int:
@@ -316,15 +334,24 @@ def _reorder_features(key: str, tensor: Tensor, order: Tensor) -> Tensor:
     return tensor  # biases of W_q, W_k, W_v, W_1 live in head or d_ff space
 
 
-def load_marian_state_dict(model: Transformer, marian_state_dict: dict[str, Tensor]) -> None:
-    """Copy a ``MarianMTModel`` state dict into ``model`` (post-LN, sinusoidal, embeddings scaled by sqrt(D)).
+# Marian keys that hold no weight of ours: a copy of the shared embedding, the zero logits bias, and Marian's
+# sinusoidal tables (we compute ours and reorder the weights to match them, see load_hf_marian_state_dict).
+_MARIAN_UNUSED = ("model.shared.weight", "final_logits_bias",
+                  "model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight")
 
-    Marian lays its sinusoidal table as [sin of all frequencies | cos of all frequencies]; the paper (and
-    ``sinusoidal_encoding``) interleaves sin and cos. The two tables hold the same D features in a different order,
-    and every operation on the residual stream (sums, LayerNorm, linear maps) treats features alike, so reordering
-    the residual-stream side of every weight makes our model compute exactly Marian's function with our table.
-    Introduced in Chapter 1.
+
+def load_hf_marian_state_dict(model: Transformer, hf_state_dict: dict[str, Tensor]) -> list[str]:
+    """Copy a Hugging Face ``MarianMTModel`` state dict into ``model``; return the Marian keys left unused.
+
+    The model must be post-LN with sinusoidal positions (embeddings are scaled by sqrt(D), as ours). Marian lays its
+    sinusoidal table as [sin of all frequencies | cos of all frequencies]; the paper (and ``sinusoidal_encoding``)
+    interleaves sin and cos. The two tables hold the same D features in a different order, and every operation on
+    the residual stream (sums, LayerNorm, linear maps) treats features alike, so reordering the residual-stream side
+    of every weight makes our model compute exactly Marian's function with our table. Raises a ValueError for an
+    unknown, missing or misshapen weight. Introduced in Chapter 1.
     """
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be a Transformer, got {type(model).__name__}")
     config = model.config
     if config.positions != "sinusoidal" or config.norm_first:
         raise ValueError("Marian weights need positions='sinusoidal' and norm_first=False")
@@ -332,17 +359,25 @@ def load_marian_state_dict(model: Transformer, marian_state_dict: dict[str, Tens
     # Marian feature i is sin(angle_i), feature D/2 + i is cos(angle_i); ours are 2i and 2i + 1.
     order = torch.stack([torch.arange(D // 2), torch.arange(D // 2) + D // 2], dim=1).flatten()  # (D,)
     key_map = marian_key_map(config.n_layers)
-    ignored = {"model.shared.weight", "final_logits_bias",
-               "model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
-    unknown = set(marian_state_dict) - set(key_map.values()) - ignored
+    unknown = set(hf_state_dict) - set(key_map.values()) - set(_MARIAN_UNUSED)
     if unknown:
         raise ValueError(f"Marian weights not in the key map (different depth or architecture?): {sorted(unknown)}")
-    bias = marian_state_dict.get("final_logits_bias")
+    missing = sorted(theirs for theirs in key_map.values() if theirs not in hf_state_dict)
+    if missing:
+        raise ValueError(f"hf_state_dict lacks weights for: {missing}")
+    bias = hf_state_dict.get("final_logits_bias")
     if bias is not None and bool(bias.any()):
         raise ValueError("final_logits_bias is not zero; our pre-softmax linear has no bias")
     if config.tie_embeddings:
-        tied = [marian_state_dict[key_map[k]] for k in ("src_tok_emb.weight", "tgt_tok_emb.weight", "lm_head.weight")]
+        tied = [hf_state_dict[key_map[k]] for k in ("src_tok_emb.weight", "tgt_tok_emb.weight", "lm_head.weight")]
         if not all(torch.equal(tied[0], t) for t in tied[1:]):
             raise ValueError("tie_embeddings=True but the Marian embeddings and lm_head differ")
-    state = {ours: _reorder_features(ours, marian_state_dict[theirs], order) for ours, theirs in key_map.items()}
+    ours = model.state_dict()
+    for name, theirs in key_map.items():
+        if tuple(hf_state_dict[theirs].shape) != tuple(ours[name].shape):
+            raise ValueError(
+                f"{theirs} has shape {tuple(hf_state_dict[theirs].shape)}, but {name} needs {tuple(ours[name].shape)}"
+            )
+    state = {ours: _reorder_features(ours, hf_state_dict[theirs], order) for ours, theirs in key_map.items()}
     model.load_state_dict(state, strict=True)
+    return sorted(k for k in _MARIAN_UNUSED if k in hf_state_dict)
