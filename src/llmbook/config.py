@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -34,13 +33,16 @@ def _show(value: Any) -> str:
 
 
 def is_int(value: Any) -> bool:
-    """True for Python and NumPy integers, False for bools (``True`` is an int to Python, not a size)."""
-    return isinstance(value, Integral) and not isinstance(value, bool)
+    """True for an int, False for a bool (``True`` is an int to Python, not a size) and for a NumPy integer."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_real(value: Any) -> bool:
-    """True for finite ints and floats (Python or NumPy), False for bools, strings and NaN or infinity."""
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    """True for a finite int or float (NumPy's float64 is a float), False for a bool, a string, NaN or infinity.
+
+    Only these survive ``json.dumps``, which stores the trainer's config in its checkpoints.
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _interval(minimum: float | None, maximum: float | None, min_open: bool, max_open: bool) -> str:
