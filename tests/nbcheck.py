@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -84,7 +86,8 @@ class Tolerance:
                     raise ValueError(f"'# check:' {key} must be >= 0, got {value!r}")
                 values[key] = number
             else:
-                raise ValueError(f"'# check:' understands abs=X, rel=X, pct=X, ints=K, words=any and ignore-output, got {item!r}")
+                raise ValueError("'# check:' understands abs=X, rel=X, pct=X, ints=K, words=any and ignore-output, "
+                                 f"got {item!r}")
         return cls(**values, reason=reason.strip(") ").strip())  # type: ignore[arg-type]
 
 
@@ -140,12 +143,12 @@ def compare_text(stored: str, new: str, tol: Tolerance) -> list[str]:
     stored_lines, new_lines = stored.strip("\n").split("\n"), new.strip("\n").split("\n")
     if len(stored_lines) != len(new_lines):
         problems.append(f"{len(new_lines)} lines where {len(stored_lines)} were stored")
-    for n, (old_line, new_line) in enumerate(zip(stored_lines, new_lines), 1):
+    for n, (old_line, new_line) in enumerate(zip(stored_lines, new_lines, strict=False), 1):  # counts checked above
         old_tokens, new_tokens = TOKEN.findall(old_line), TOKEN.findall(new_line)
         if len(old_tokens) != len(new_tokens):
             problems.append(f"line {n}: {new_line.strip()!r} where {old_line.strip()!r} was stored")
             continue
-        for old, token in zip(old_tokens, new_tokens):
+        for old, token in zip(old_tokens, new_tokens, strict=True):
             both_numbers = NUMBER.fullmatch(old) and NUMBER.fullmatch(token)
             problem = compare_number(old, token, tol) if both_numbers else (
                 None if old == token or tol.any_words else f"{token!r} where {old!r} was stored")
@@ -189,6 +192,37 @@ def compare_cell(stored: dict, new: dict, sanitizers: list[tuple[re.Pattern[str]
     return problems
 
 
+def needed_tolerance(stored: str, new: str) -> tuple[dict[str, float], list[str]]:
+    """What ``# check:`` would have to declare for ``new`` to pass against ``stored``: the largest abs, rel, pct and
+    ints differences beyond last-digit rounding, and the differences no tolerance covers (words, line counts).
+    Used by tools/measure_spread.py to choose the tolerances from runs on other settings."""
+    need = {"abs": 0.0, "rel": 0.0, "pct": 0.0, "ints": 0.0}
+    other = []
+    stored_lines, new_lines = stored.strip("\n").split("\n"), new.strip("\n").split("\n")
+    if len(stored_lines) != len(new_lines):
+        other.append(f"{len(new_lines)} lines where {len(stored_lines)} were stored")
+    for old_line, new_line in zip(stored_lines, new_lines, strict=False):  # counts checked above
+        old_tokens, new_tokens = TOKEN.findall(old_line), TOKEN.findall(new_line)
+        if len(old_tokens) != len(new_tokens):
+            other.append(f"{new_line.strip()!r} where {old_line.strip()!r} was stored")
+            continue
+        for old, token in zip(old_tokens, new_tokens, strict=True):
+            if not (NUMBER.fullmatch(old) and NUMBER.fullmatch(token)):
+                if old != token:
+                    other.append(f"{token!r} where {old!r} was stored: {old_line.strip()[:100]}")
+                continue
+            a, unit, percent, is_int = _parse_number(old)
+            b, _, _, new_is_int = _parse_number(token)
+            if is_int and new_is_int:
+                need["ints"] = max(need["ints"], abs(a - b))
+            elif percent:
+                need["pct"] = max(need["pct"], abs(a - b) - unit)
+            elif abs(a - b) > unit:
+                need["abs"] = max(need["abs"], abs(a - b) - unit)
+                need["rel"] = max(need["rel"], (abs(a - b) - unit) / abs(a) if a else math.inf)
+    return need, other
+
+
 # --- the pytest plugin ---------------------------------------------------------------------------------------------
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--nbcheck", action="store_true", help="re-execute notebooks and compare their outputs")
@@ -203,7 +237,7 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 class NotebookFile(pytest.File):
     """One notebook: executed once, top to bottom, in a fresh kernel; one test item per code cell."""
 
-    def collect(self):
+    def collect(self) -> Iterator[CellItem]:
         self.stored = nbformat.read(self.path, as_version=4)
         self._executed: nbformat.NotebookNode | None = None
         for index, cell in enumerate(self.stored.cells):
@@ -229,7 +263,7 @@ class CellFailure(Exception):
 
 
 class CellItem(pytest.Item):
-    def __init__(self, *, index: int, **kwargs) -> None:
+    def __init__(self, *, index: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.index = index
 
@@ -241,43 +275,13 @@ class CellItem(pytest.Item):
         if problems:
             raise CellFailure(problems)
 
-    def repr_failure(self, excinfo, style=None) -> str:
-        if isinstance(excinfo.value, CellFailure):
-            source = self.parent.stored.cells[self.index].source  # type: ignore[attr-defined]
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, CellFailure) and isinstance(self.parent, NotebookFile):
+            source = self.parent.stored.cells[self.index].source
             head = "\n".join(source.splitlines()[:6])
             return f"{head}\n...\n" + "\n".join(excinfo.value.problems[:20])
         return super().repr_failure(excinfo)
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[Path, None, str]:
         return self.path, None, f"{self.path.name}::{self.name}"
 
-
-def needed_tolerance(stored: str, new: str) -> tuple[dict[str, float], list[str]]:
-    """What ``# check:`` would have to declare for ``new`` to pass against ``stored``: the largest abs, rel, pct and
-    ints differences beyond last-digit rounding, and the differences no tolerance covers (words, line counts).
-    Used by tools/measure_spread.py to choose the tolerances from runs on other settings."""
-    need = {"abs": 0.0, "rel": 0.0, "pct": 0.0, "ints": 0.0}
-    other = []
-    stored_lines, new_lines = stored.strip("\n").split("\n"), new.strip("\n").split("\n")
-    if len(stored_lines) != len(new_lines):
-        other.append(f"{len(new_lines)} lines where {len(stored_lines)} were stored")
-    for old_line, new_line in zip(stored_lines, new_lines):
-        old_tokens, new_tokens = TOKEN.findall(old_line), TOKEN.findall(new_line)
-        if len(old_tokens) != len(new_tokens):
-            other.append(f"{new_line.strip()!r} where {old_line.strip()!r} was stored")
-            continue
-        for old, token in zip(old_tokens, new_tokens):
-            if not (NUMBER.fullmatch(old) and NUMBER.fullmatch(token)):
-                if old != token:
-                    other.append(f"{token!r} where {old!r} was stored: {old_line.strip()[:100]}")
-                continue
-            a, unit, percent, is_int = _parse_number(old)
-            b, _, _, new_is_int = _parse_number(token)
-            if is_int and new_is_int:
-                need["ints"] = max(need["ints"], abs(a - b))
-            elif percent:
-                need["pct"] = max(need["pct"], abs(a - b) - unit)
-            elif abs(a - b) > unit:
-                need["abs"] = max(need["abs"], abs(a - b) - unit)
-                need["rel"] = max(need["rel"], (abs(a - b) - unit) / abs(a) if a else math.inf)
-    return need, other

@@ -1,4 +1,5 @@
-"""Every notebook is stored executed, top to bottom, with its outputs and widget state, and starts with the setup cell."""
+"""Every notebook is stored executed, top to bottom, with its outputs and widget state, starts with the setup cell,
+and passes what the portable check (tests/nbcheck.py) needs of it."""
 
 import hashlib
 
@@ -7,7 +8,16 @@ import yaml
 
 from nbcheck import Tolerance
 from notebook_checks import (
-    NBVAL_TAGS, NOTEBOOKS, ROOT, WIDGET_STATE, WIDGET_VIEW, code_cells, coverage, expected_setup_cell, load, source,
+    NBVAL_TAGS,
+    NOTEBOOKS,
+    ROOT,
+    WIDGET_STATE,
+    WIDGET_VIEW,
+    code_cells,
+    coverage,
+    expected_setup_cell,
+    load,
+    source,
 )
 
 IDS = [str(p.relative_to(ROOT)) for p in NOTEBOOKS]

@@ -9,7 +9,12 @@ import pytest  # noqa: E402
 from ipywidgets.embed import embed_data  # noqa: E402
 
 from llmbook.widgets import (  # noqa: E402
-    figure_to_widget, frame_grid, frame_selector, html_heatmap, html_table, to_widget,
+    figure_to_widget,
+    frame_grid,
+    frame_selector,
+    html_heatmap,
+    html_table,
+    to_widget,
 )
 
 

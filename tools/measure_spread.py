@@ -89,7 +89,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "report"])
     parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="folder of the executed copies, one subfolder a variant")
+    parser.add_argument("--out", type=Path, required=True, help="folder of executed copies, a subfolder each variant")
     parser.add_argument("--variant", help="name of this run's setting (run)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the kernel (run)")
     parser.add_argument("--seed", type=int, help="replace the chapter's SEED = 0 (run)")

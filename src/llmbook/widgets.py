@@ -74,9 +74,9 @@ def html_heatmap(
     # which differs from cell to cell, is written inline. A chapter page holds a hundred of these tables.
     head = "<tr><th></th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in col_labels) + "</tr>"
     rows = []
-    for label, row_values, row_scaled in zip(row_labels, values, scaled):
+    for label, row_values, row_scaled in zip(row_labels, values, scaled, strict=True):
         cells = []
-        for value, t in zip(row_values, row_scaled):
+        for value, t in zip(row_values, row_scaled, strict=True):
             color = matplotlib.colors.to_hex(colormap(0.05 + 0.95 * t))
             text = f"{value:.{digits}f}" if digits is not None else ""
             ink = ' class="dark"' if t > 0.6 else ""  # white text on the darker colours
@@ -139,7 +139,8 @@ def frame_selector(
     ``frames[i]`` is shown when the control reads ``labels[i]``.
     """
     if len(frames) != len(labels) or not frames:
-        raise ValueError(f"frames and labels must be non-empty and of equal length, got {len(frames)} and {len(labels)}")
+        raise ValueError(
+            f"frames and labels must be non-empty and of equal length, got {len(frames)} and {len(labels)}")
     selector = _control(labels, description, control, index)
     return widgets.VBox([selector, _stack([to_widget(f) for f in frames], selector)])
 
@@ -153,7 +154,8 @@ def frame_grid(
     row_control: str = "slider",
     col_control: str = "slider",
 ) -> widgets.VBox:
-    """Two controls choosing ``frames[row][col]`` (e.g. layer x head) through nested stacks; works on the static page."""
+    """Two controls choosing ``frames[row][col]`` (e.g. layer x head) through nested stacks; works on the static
+    page."""
     if len(frames) != len(row_labels) or any(len(row) != len(col_labels) for row in frames):
         raise ValueError(
             f"frames must be a {len(row_labels)} x {len(col_labels)} grid (row_labels x col_labels)"
