@@ -26,7 +26,6 @@ tests/notebook_sanitize.cfg before the comparison.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -192,11 +191,11 @@ def compare_cell(stored: dict, new: dict, sanitizers: list[tuple[re.Pattern[str]
     return problems
 
 
-def needed_tolerance(stored: str, new: str) -> tuple[dict[str, float], list[str]]:
-    """What ``# check:`` would have to declare for ``new`` to pass against ``stored``: the largest abs, rel, pct and
-    ints differences beyond last-digit rounding, and the differences no tolerance covers (words, line counts).
-    Used by tools/measure_spread.py to choose the tolerances from runs on other settings."""
-    need = {"abs": 0.0, "rel": 0.0, "pct": 0.0, "ints": 0.0}
+def number_movements(stored: str, new: str) -> tuple[list[tuple[str, float, float]], list[str]]:
+    """How far each number of ``new`` moved from ``stored`` beyond last-digit rounding, as (kind, |stored value|,
+    excess) with kind "int", "pct" or "float", and the differences no tolerance covers (words, line counts).
+    Used by tools/measure_spread.py to choose tolerances from runs on other settings."""
+    moves: list[tuple[str, float, float]] = []
     other = []
     stored_lines, new_lines = stored.strip("\n").split("\n"), new.strip("\n").split("\n")
     if len(stored_lines) != len(new_lines):
@@ -213,14 +212,11 @@ def needed_tolerance(stored: str, new: str) -> tuple[dict[str, float], list[str]
                 continue
             a, unit, percent, is_int = _parse_number(old)
             b, _, _, new_is_int = _parse_number(token)
-            if is_int and new_is_int:
-                need["ints"] = max(need["ints"], abs(a - b))
-            elif percent:
-                need["pct"] = max(need["pct"], abs(a - b) - unit)
-            elif abs(a - b) > unit:
-                need["abs"] = max(need["abs"], abs(a - b) - unit)
-                need["rel"] = max(need["rel"], (abs(a - b) - unit) / abs(a) if a else math.inf)
-    return need, other
+            kind = "int" if is_int and new_is_int else "pct" if percent else "float"
+            excess = abs(a - b) - (0.0 if kind == "int" else unit)
+            if excess > 1e-12:
+                moves.append((kind, abs(a), excess))
+    return moves, other
 
 
 # --- the pytest plugin ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ the cell passes the portable check under every variant. The tolerances in the ch
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -24,7 +25,14 @@ import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from nbcheck import Tolerance, compare_cell, needed_tolerance, read_sanitizers, sanitize, text_outputs  # noqa: E402
+from nbcheck import (  # noqa: E402
+    Tolerance,
+    compare_cell,
+    number_movements,
+    read_sanitizers,
+    sanitize,
+    text_outputs,
+)
 
 SEED_LINE = re.compile(r"^SEED = 0\b", re.M)
 
@@ -50,6 +58,32 @@ def run(paths: list[Path], variant: str, env: list[str], seed: int | None, out: 
         nbformat.write(nb, out / variant / path.name)
 
 
+def _nice(x: float) -> float:
+    """x rounded up to one significant digit (0.0213 -> 0.03)."""
+    exponent = math.floor(math.log10(x))
+    return math.ceil(x / 10**exponent) * 10**exponent
+
+
+def propose(moves: list[tuple[str, float, float]], margin: float = 1.5) -> str:
+    """A '# check:' spec covering ``margin`` times every movement: pct and ints from their largest movement; for the
+    other numbers abs or rel, whichever allows less in total relative to the numbers' sizes."""
+    spec = []
+    floats = [(size, excess * margin) for kind, size, excess in moves if kind == "float"]
+    if floats:
+        by_abs = max(e for _, e in floats)
+        by_rel = max(e / s if s else math.inf for s, e in floats)
+        sizes = [s for s, _ in floats if s]
+        if by_rel == math.inf or sum(by_abs / s for s in sizes) <= by_rel * len(sizes):
+            spec.append(f"abs={_nice(by_abs):g}")
+        else:
+            spec.append(f"rel={_nice(by_rel):g}")
+    for kind, key in (("pct", "pct"), ("int", "ints")):
+        largest = max((excess for k, _, excess in moves if k == kind), default=0.0)
+        if largest:
+            spec.append(f"{key}={_nice(largest * margin):g}" if key == "pct" else f"ints={math.ceil(largest * margin)}")
+    return " ".join(spec)
+
+
 def report(paths: list[Path], out: Path) -> int:
     sanitizers = read_sanitizers()
     variants = sorted(p.name for p in out.iterdir() if p.is_dir())
@@ -61,25 +95,27 @@ def report(paths: list[Path], out: Path) -> int:
         for index, cell in enumerate(stored.cells):
             if cell.cell_type != "code":
                 continue
-            tol = Tolerance.parse(cell.source)
-            lines = []
+            lines, all_moves, words_differ = [], [], False
             for variant, nb in runs.items():
                 problems = compare_cell(cell, nb.cells[index], sanitizers)
                 old, new = text_outputs(cell), text_outputs(nb.cells[index])
-                needs = {"abs": 0.0, "rel": 0.0, "pct": 0.0, "ints": 0.0}
-                others = []
+                moves: list[tuple[str, float, float]] = []
+                others: list[str] = []
                 for stream in old.keys() & new.keys():
-                    need, other = needed_tolerance(sanitize(old[stream], sanitizers), sanitize(new[stream], sanitizers))
-                    needs = {k: max(needs[k], need[k]) for k in needs}
-                    others += other
-                moved = {k: round(v, 4) for k, v in needs.items() if v > 0}
-                if moved or others or problems:
-                    verdict = "FAILS" if problems else "passes"
-                    lines.append(f"    {variant:<14} {verdict}; needs {moved or 'nothing'}"
-                                 + "".join(f"\n        other: {o}" for o in others[:4]))
+                    m, o = number_movements(sanitize(old[stream], sanitizers), sanitize(new[stream], sanitizers))
+                    moves, others = moves + m, others + o
+                all_moves += moves
+                words_differ |= bool(others)
+                if moves or others or problems:
+                    largest = {k: max(e for kind, _, e in moves if kind == k) for k in {kind for kind, _, _ in moves}}
+                    lines.append(f"    {variant:<14} {'FAILS' if problems else 'passes'}; moved "
+                                 + (", ".join(f"{k} {v:.3g}" for k, v in sorted(largest.items())) or "nothing")
+                                 + "".join(f"\n        other: {o}" for o in others[:3]))
                 failing += bool(problems)
             if lines:
-                print(f"  cell {cell.execution_count}: declares {tol}")
+                proposal = propose(all_moves) + (" words=any" if words_differ else "")
+                print(f"  cell {cell.execution_count}: declares {Tolerance.parse(cell.source)}; "
+                      f"proposed: {proposal.strip() or '-'}")
                 print("\n".join(lines))
     print(f"\n{failing} cell runs fail the portable check")
     return 1 if failing else 0
