@@ -7,7 +7,9 @@
 ``run`` executes copies of the notebooks (the stored files are not touched) under one setting: environment variables
 for the kernel (``ATEN_CPU_CAPABILITY=default`` or ``avx2`` emulates another CPU's vector instructions,
 ``OMP_NUM_THREADS`` another thread count) or another training seed (the chapter's ``SEED = 0`` line in its
-hyperparameter cell is replaced). ``report`` compares every variant with the stored outputs, cell by cell: how far each printed number moved beyond
+hyperparameter cell is replaced).
+
+``report`` compares every variant with the stored outputs, cell by cell: how far each printed number moved beyond
 last-digit rounding (tests/nbcheck.py's ``number_movements``), which words changed, whether the cell passes the
 portable check under every variant, and a proposed ``# check:`` spec of 1.5 times the largest movement. The
 tolerances in the chapters come from these reports.
