@@ -11,8 +11,9 @@ hyperparameter cell is replaced).
 
 ``report`` compares every variant with the stored outputs, cell by cell: how far each printed number moved beyond
 last-digit rounding (tests/nbcheck.py's ``number_movements``), which words changed, whether the cell passes the
-portable check under every variant, and a proposed ``# check:`` spec of 1.5 times the largest movement. The
-tolerances in the chapters come from these reports.
+portable check under every variant, and a proposed ``# check:`` spec of 1.5 times the largest movement; with
+``--write`` it writes the proposals into the notebooks (to review with ``git diff``: a cell whose lines or words
+differ needs a redesign, not a tolerance). The tolerances in the chapters come from these reports.
 """
 
 from __future__ import annotations
@@ -87,7 +88,22 @@ def propose(moves: list[tuple[str, float, float]], margin: float = 1.5) -> str:
     return " ".join(spec)
 
 
-def report(paths: list[Path], out: Path) -> int:
+REASON = "(trained: 1.5 x the largest movement measured across CPUs, threads and seeds)"
+
+
+def write_directive(cell: nbformat.NotebookNode, spec: str) -> None:
+    """Set the cell's '# check:' line to ``spec`` (replacing the one it has, or as its first line)."""
+    lines = cell.source.split("\n")
+    directive = f"# check: {spec} {REASON}"
+    at = [i for i, line in enumerate(lines) if line.startswith("# check: ")]
+    if at:
+        lines[at[0]] = directive
+    else:
+        lines.insert(0, directive)
+    cell.source = "\n".join(lines)
+
+
+def report(paths: list[Path], out: Path, write: bool = False) -> int:
     sanitizers = read_sanitizers()
     variants = sorted(p.name for p in out.iterdir() if p.is_dir())
     failing = 0
@@ -117,9 +133,13 @@ def report(paths: list[Path], out: Path) -> int:
                 failing += bool(problems)
             if lines:
                 proposal = propose(all_moves) + (" words=any" if words_differ else "")
+                if write and proposal.strip() and not Tolerance.parse(cell.source).ignore_output:
+                    write_directive(cell, proposal.strip())
                 print(f"  cell {cell.execution_count}: declares {Tolerance.parse(cell.source)}; "
                       f"proposed: {proposal.strip() or '-'}")
                 print("\n".join(lines))
+        if write:
+            nbformat.write(stored, path)
     print(f"\n{failing} cell runs fail the portable check")
     return 1 if failing else 0
 
@@ -132,13 +152,15 @@ def main() -> int:
     parser.add_argument("--variant", help="name of this run's setting (run)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the kernel (run)")
     parser.add_argument("--seed", type=int, help="replace the chapter's SEED = 0 (run)")
+    parser.add_argument("--write", action="store_true",
+                        help="write each proposed '# check:' line into its cell (report; review with git diff)")
     args = parser.parse_args()
     if args.command == "run":
         if not args.variant:
             parser.error("run needs --variant")
         run(args.notebooks, args.variant, args.env, args.seed, args.out)
         return 0
-    return report(args.notebooks, args.out)
+    return report(args.notebooks, args.out, args.write)
 
 
 if __name__ == "__main__":
