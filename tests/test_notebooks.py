@@ -66,7 +66,8 @@ def test_stored_widget_ids_are_deterministic():
     for path in NOTEBOOKS:
         state = load(path)["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
         expected = [hashlib.sha256(f"{path.stem}:{i}".encode()).hexdigest()[:32] for i in range(len(state))]
-        assert list(state) == expected, f"{path.name}: widget ids are not the deterministic ones: run `make execute`"
+        # (the file lists the models in key order: compare the sets)
+        assert set(state) == set(expected), f"{path.name}: widget ids are not deterministic: run `make execute`"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
