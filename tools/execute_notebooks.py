@@ -6,8 +6,8 @@ What makes a stored notebook churn, and what this does about it:
 - widget model ids are random (uuid4) at every run: they are renamed to ids derived from the notebook's name and the
   model's position in the widget state (models are created in the same order on every run);
 - nbclient records execution timestamps in every cell's metadata: they are not recorded;
-- the widget state is taken from ipywidgets itself with ``drop_defaults=True`` (what ``embed_minimal_html`` stores),
-  and models that no displayed widget is connected to are left out: the page carries only what it shows;
+- the widget state is taken from ipywidgets itself, without the default values of layout and style models, and
+  models that no displayed widget is connected to are left out: the page carries only what it shows;
 - PNG figures (inline and inside Image widgets) are stored as 256-colour palette PNGs, a third of the size of
   matplotlib's RGBA files for the same picture.
 """
@@ -30,10 +30,17 @@ from PIL import Image
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-STATE_CELL = (
-    "import json as _json, ipywidgets as _widgets\n"
-    "print(_json.dumps(_widgets.Widget.get_manager_state(drop_defaults=True)))"
-)
+# The widget state, with the default values left out of the layout and style models (half of all models, whose
+# every attribute is usually a default). Other models keep every attribute: the page's widget manager failed to
+# create nested Stack views from states without their defaults.
+STATE_CELL = """\
+import json as _json, ipywidgets as _widgets
+_full = _widgets.Widget.get_manager_state()
+_lean = _widgets.Widget.get_manager_state(drop_defaults=True)["state"]
+for _id, _model in _full["state"].items():
+    if _model["model_name"] == "LayoutModel" or _model["model_name"].endswith("StyleModel"):
+        _model["state"] = {**{k: v for k, v in _model["state"].items() if k.startswith("_")}, **_lean[_id]["state"]}
+print(_json.dumps(_full))"""
 REFERENCE = re.compile(r"IPY_MODEL_([0-9a-f]{32})")
 
 
