@@ -90,9 +90,9 @@ def test_frame_grid_shape_is_checked():
 def test_html_heatmap_colours_by_value():
     page = html_heatmap([[0.0, 1.0], [0.5, 0.25]], ["两", "<q>"], ["a", "b"], title="attention", digits=2)
     assert page.count("<td") == 4 and "两" in page and "&lt;q&gt;" in page and "<caption>attention</caption>" in page
-    assert ">1.00</td>" in page and ">0.25</td>" in page
+    assert ">1.00</tr>" in page and ">0.25</tr>" in page  # no optional </td>
     darkest, lightest = page.split("<td")[2], page.split("<td")[1]  # the cells holding 1.0 and 0.0
-    assert 'class="dark"' in darkest and "class=" not in lightest  # white ink on dark cells (llmbook.css)
+    assert "class=dark" in darkest and "class=" not in lightest  # white ink on dark cells (llmbook.css)
     assert "background:#" in darkest and "width" not in page  # only the colour is inline
     with pytest.raises(ValueError, match="shape"):
         html_heatmap([[1.0, 2.0]], ["a", "b"], ["c"])

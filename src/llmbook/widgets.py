@@ -71,7 +71,8 @@ def html_heatmap(
     scaled = np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
     colormap = matplotlib.colormaps[cmap]
     # Sizes, borders and fonts live in the book's llmbook.css (classes llmbook-heatmap, dark, row): only the colour,
-    # which differs from cell to cell, is written inline. A chapter page holds a hundred of these tables.
+    # which differs from cell to cell, is written inline. A chapter page holds a hundred of these tables, so the cells
+    # are written compactly: attribute values without quotes (none holds a space) and no optional </td>.
     head = "<tr><th></th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in col_labels) + "</tr>"
     rows = []
     for label, row_values, row_scaled in zip(row_labels, values, scaled, strict=True):
@@ -79,8 +80,8 @@ def html_heatmap(
         for value, t in zip(row_values, row_scaled, strict=True):
             color = matplotlib.colors.to_hex(colormap(0.05 + 0.95 * t))
             text = f"{value:.{digits}f}" if digits is not None else ""
-            ink = ' class="dark"' if t > 0.6 else ""  # white text on the darker colours
-            cells.append(f'<td{ink} style="background:{color}" title="{value:.3f}">{text}</td>')
+            ink = " class=dark" if t > 0.6 else ""  # white text on the darker colours
+            cells.append(f"<td{ink} style=background:{color} title={value:.3f}>{text}")
         rows.append(f'<tr><th class="row">{html.escape(str(label))}</th>' + "".join(cells) + "</tr>")
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
     return f'<table class="llmbook-heatmap">{caption}{head}{"".join(rows)}</table>'
