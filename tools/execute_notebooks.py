@@ -6,6 +6,7 @@ What makes a stored notebook churn, and what this does about it:
 - widget model ids are random (uuid4) at every run: they are renamed to ids derived from the notebook's name and the
   model's position in the widget state (models are created in the same order on every run);
 - nbclient records execution timestamps in every cell's metadata: they are not recorded;
+- the kernel splits a cell's printing into stream outputs as its timing happens to fall: they are merged;
 - the widget state is taken from ipywidgets itself, without the default values of layout and style models, and
   models that no displayed widget is connected to are left out: the page carries only what it shows;
 - PNG figures (inline and inside Image widgets) are stored as 256-colour palette PNGs, a third of the size of
@@ -52,6 +53,19 @@ def compact_png(data: bytes) -> bytes:
     buffer = io.BytesIO()
     palette.save(buffer, format="png", optimize=True)
     return buffer.getvalue() if buffer.tell() < len(data) else data
+
+
+def merge_streams(outputs: list) -> list:
+    """Consecutive stream outputs of one name as one: how the kernel splits a cell's printing depends on timing."""
+    merged: list = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (output.get("output_type") == "stream" and previous is not None
+                and previous.get("output_type") == "stream" and previous["name"] == output["name"]):
+            previous["text"] += output["text"]
+        else:
+            merged.append(output)
+    return merged
 
 
 def _references(model: dict) -> set[str]:
@@ -112,6 +126,8 @@ def execute(path: Path, timeout: int) -> float:
     state_cell = nb.cells.pop()
     manager_state = json.loads("".join(o["text"] for o in state_cell.outputs if o.get("name") == "stdout"))
     for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = merge_streams(cell.outputs)
         for output in cell.get("outputs", []):
             if "image/png" in output.get("data", {}):
                 png = compact_png(base64.b64decode(output["data"]["image/png"]))
