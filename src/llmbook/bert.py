@@ -223,7 +223,25 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))
 
 
-class BertForMaskedLM(nn.Module):
+class _BertWithHead(nn.Module):
+    """What the models with a head on a ``Bert`` body share: the body's hidden states and attention weights."""
+
+    bert: Bert
+
+    def hidden_states(
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """The body's last hidden states (B, T, D), which the head reads; inputs as ``forward``."""
+        return self.bert.hidden_states(tokens, segments, attention_mask)
+
+    def attention_weights(
+        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> list[Tensor]:
+        """The body's n_layers attention weights (B, H, T, T); inputs as ``forward``."""
+        return self.bert.attention_weights(tokens, segments, attention_mask)
+
+
+class BertForMaskedLM(_BertWithHead):
     """BERT with the masked-LM head; the output projection is the token embedding matrix. Introduced in Chapter 3."""
 
     def __init__(self, config: BertConfig) -> None:
@@ -240,20 +258,8 @@ class BertForMaskedLM(nn.Module):
         hidden = self.bert.hidden_states(tokens, segments, attention_mask)  # (B, T, D)
         return self.mlm_head(hidden, self.bert.tok_emb.weight)  # (B, T, V)
 
-    def hidden_states(
-        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
-    ) -> Tensor:
-        """The body's last hidden states (B, T, D), which the head reads; inputs as ``forward``."""
-        return self.bert.hidden_states(tokens, segments, attention_mask)
 
-    def attention_weights(
-        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
-    ) -> list[Tensor]:
-        """The body's n_layers attention weights (B, H, T, T); inputs as ``forward``."""
-        return self.bert.attention_weights(tokens, segments, attention_mask)
-
-
-class BertClassifier(nn.Module):
+class BertClassifier(_BertWithHead):
     """BERT for sequence classification: pooled [CLS] -> dropout -> linear, as fine-tuned in the paper.
 
     Introduced in Chapter 3.
@@ -277,18 +283,6 @@ class BertClassifier(nn.Module):
         """Class logits (B, n_classes); inputs as ``Bert.hidden_states``."""
         hidden = self.bert.hidden_states(tokens, segments, attention_mask)  # (B, T, D)
         return self.classifier(self.dropout(self.pooler(hidden)))  # (B, n_classes)
-
-    def hidden_states(
-        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
-    ) -> Tensor:
-        """The body's last hidden states (B, T, D); inputs as ``forward``."""
-        return self.bert.hidden_states(tokens, segments, attention_mask)
-
-    def attention_weights(
-        self, tokens: Tensor, segments: Tensor | None = None, attention_mask: Tensor | None = None
-    ) -> list[Tensor]:
-        """The body's n_layers attention weights (B, H, T, T); inputs as ``forward``."""
-        return self.bert.attention_weights(tokens, segments, attention_mask)
 
 
 def _init_bert_weights(module: nn.Module) -> None:
