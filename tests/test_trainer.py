@@ -229,10 +229,21 @@ def test_seed_everything_and_runs_are_reproducible():
     assert other.train_loss != runs[0].train_loss  # the seed drives dropout
 
 
-def test_select_device():
+def test_select_device(monkeypatch):
+    monkeypatch.delenv("LLMBOOK_DEVICE", raising=False)
     assert select_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert select_device("auto").type == expected
     with pytest.raises(ValueError, match="device"):
         select_device("tpu")
+
+
+def test_llmbook_device_overrides_auto_only(monkeypatch):
+    # The book's checks set LLMBOOK_DEVICE=cpu so that a machine with a GPU reproduces the stored CPU-scale outputs.
+    monkeypatch.setenv("LLMBOOK_DEVICE", "cpu")
+    assert select_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("LLMBOOK_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="LLMBOOK_DEVICE must be one of"):
+        select_device("auto")
+    assert select_device("cpu") == torch.device("cpu")  # an explicit device ignores it
 

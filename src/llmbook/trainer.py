@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,9 +47,17 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(device: str = "auto") -> torch.device:
-    """The torch device for ``device``: "auto" picks CUDA, then Apple's MPS, then the CPU. Introduced in Chapter 1."""
+    """The torch device for ``device``: "auto" picks CUDA, then Apple's MPS, then the CPU.
+
+    The environment variable ``LLMBOOK_DEVICE`` (cpu, cuda or mps) overrides "auto": the book's checks set it to cpu,
+    so that a machine with a GPU reproduces the stored CPU-scale outputs. Introduced in Chapter 1.
+    """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto" and os.environ.get("LLMBOOK_DEVICE"):
+        device = os.environ["LLMBOOK_DEVICE"]
+        if device not in DEVICES[1:]:
+            raise ValueError(f"LLMBOOK_DEVICE must be one of {DEVICES[1:]}, got {device!r}")
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if device == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
