@@ -50,6 +50,31 @@ def test_manual_equals_fused_equals_torch(masking):
         assert bool((weights.masked_select(~mask.expand_as(weights)) == 0).all())
 
 
+@pytest.mark.parametrize("impl", ["manual", "fused"])
+@pytest.mark.parametrize("padding", [False, True])
+def test_is_causal_equals_the_causal_mask(impl, padding):
+    torch.manual_seed(1)
+    q, k, v = torch.randn(B, H, T, 8), torch.randn(B, H, T, 8), torch.randn(B, H, T, 8)
+    pad = padding_mask(tokens_with_padding(T), PAD) if padding else None
+    mask = causal_mask(T) if pad is None else causal_mask(T) & pad
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out, _ = scaled_dot_product_attention(q, k, v, pad, impl=impl, is_causal=True)
+    assert_close(out, expected, **TOL)
+    with pytest.raises(ValueError, match="is_causal needs as many queries as keys, got 3 and 5"):
+        scaled_dot_product_attention(q[:, :, :3], k[:, :, :5], v[:, :, :5], impl=impl, is_causal=True)
+
+
+def test_bfloat16_on_the_cpu_takes_the_manual_path_with_the_same_result():
+    # PyTorch's fused CPU kernel is slow in bfloat16; "fused" then computes the formula, as "manual" does.
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(B, H, T, 8).bfloat16() for _ in range(3))
+    fused, _ = scaled_dot_product_attention(q, k, v, impl="fused", is_causal=True)
+    manual, _ = scaled_dot_product_attention(q, k, v, impl="manual", is_causal=True)
+    assert fused.dtype == torch.bfloat16 and torch.equal(fused, manual)
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert_close(fused.float(), reference, atol=3e-2, rtol=3e-2)  # bfloat16 keeps 8 bits of mantissa
+
+
 def test_true_means_may_attend():
     torch.manual_seed(3)
     q, k, v = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)

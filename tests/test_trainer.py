@@ -20,6 +20,7 @@ from llmbook.trainer import (
     make_optimizer,
     seed_everything,
     select_device,
+    shard_batch,
     transformer_peak_lr,
 )
 
@@ -200,6 +201,7 @@ def test_checkpoint_handles_tied_weights(tmp_path):
     ("seed", -1, r"an integer in \[0, 4294967295\]"), ("seed", 1.0, "an integer"), ("device", "tpu", "one of"),
     ("checkpoint_path", 3, "a str or None"), ("checkpoint_every", 5, "0 when checkpoint_path is None"),
     ("checkpoint_every", -1, "an integer >= 0"), ("progress", 1, "True or False"),
+    ("precision", "float16", "one of"),
 ])
 def test_config_validation_names_the_field_and_what_is_allowed(field, value, allowed):
     with pytest.raises(ValueError, match=f"{field} must be {allowed}"):
@@ -247,3 +249,76 @@ def test_llmbook_device_overrides_auto_only(monkeypatch):
         select_device("auto")
     assert select_device("cpu") == torch.device("cpu")  # an explicit device ignores it
 
+
+
+def test_the_optimizer_runs_adamws_fused_kernel_with_the_same_updates():
+    fused = make_optimizer(toy_model(), CPU)
+    assert fused.defaults["fused"] is True
+    runs = []
+    for use_fused in (True, False):
+        model = toy_model()
+        trainer = Trainer(model, make_loss_fn(), toy_batch, CPU)
+        if not use_fused:  # the reference: torch's for-loop AdamW with the same groups and hyperparameters
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in trainer.optimizer.param_groups]
+            trainer.optimizer = torch.optim.AdamW(groups, lr=CPU.lr, betas=CPU.betas, eps=CPU.eps)
+            assert not trainer.optimizer.defaults["fused"]
+        trainer.fit()
+        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_loss_and_grad_norm_are_read_when_asked_and_equal_the_history():
+    trainer = Trainer(toy_model(), make_loss_fn(), toy_batch, CPU)
+    assert math.isnan(trainer.loss) and math.isnan(trainer.grad_norm)
+    seen = []
+    trainer.add_callback("on_step", lambda t: seen.append((t.loss, t.grad_norm)))
+    history = trainer.fit()
+    assert [loss for loss, _ in seen] == history.train_loss
+    assert all(norm > 0 for _, norm in seen)
+    unclipped = Trainer(toy_model(), make_loss_fn(), toy_batch, replace(CPU, grad_clip=None))
+    unclipped.fit()
+    assert math.isnan(unclipped.grad_norm)
+
+
+def test_a_loss_that_is_not_finite_stops_training_with_an_error():
+    def exploding(model, batch):
+        loss = make_loss_fn()(model, batch)
+        return loss * float("inf") if trainer.step == 3 else loss
+
+    trainer = Trainer(toy_model(), exploding, toy_batch, CPU)
+    with pytest.raises(FloatingPointError, match=r"the training loss is (inf|nan) at step 3: training diverged"):
+        trainer.fit()
+    assert trainer.history.step == [1, 2]
+
+
+def test_bfloat16_precision_autocasts_and_trains_like_float32():
+    dtypes = []
+
+    def loss_fn(model, batch):
+        x, y = batch
+        logits = model(x)
+        dtypes.append(logits.dtype)
+        return F.cross_entropy(logits.float(), y)
+
+    config = replace(CPU, max_steps=120)
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        dtypes.clear()
+        trainer = Trainer(toy_model(), loss_fn, toy_batch, replace(config, precision=precision))
+        runs[precision] = trainer.fit().train_loss
+        assert set(dtypes) == {torch.float32 if precision == "float32" else torch.bfloat16}
+        assert trainer.model[0].weight.dtype == torch.float32  # the weights stay float32
+    assert TrainerConfig(device="cpu").precision == "auto"
+    assert Trainer(toy_model(), loss_fn, toy_batch, CPU).autocast_dtype is None  # auto: float32 on the CPU
+    f32, bf16 = np.array(runs["float32"]), np.array(runs["bfloat16"])
+    assert f32[-20:].mean() < 0.5 * f32[0]  # both learned...
+    assert abs(bf16[-20:].mean() - f32[-20:].mean()) < 0.05 * f32[0]  # ...about equally well
+
+
+def test_shard_batch_gives_each_process_an_equal_slice():
+    x, y = torch.arange(12).view(6, 2), torch.arange(6)
+    shards = [shard_batch({"x": x, "y": [y]}, rank, 3) for rank in range(3)]
+    assert torch.equal(torch.cat([s["x"] for s in shards]), x)
+    assert torch.equal(shards[1]["y"][0], torch.tensor([2, 3]))
+    with pytest.raises(ValueError, match=r"a batch of \(6, 2\) does not split into 4 equal slices"):
+        shard_batch((x, y), 0, 4)

@@ -42,10 +42,14 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     need_weights: bool = False,
     impl: str = "manual",
+    is_causal: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """softmax(q k^T / sqrt(Dh)) v, the paper's equation (1).
 
     q: (..., T, Dh), k: (..., S, Dh), v: (..., S, Dv); mask broadcastable to (..., T, S), True = may attend.
+    ``is_causal=True`` adds the causal mask (query t sees keys 0..t). Without another mask the fused path then
+    builds no mask tensor, which lets PyTorch pick its causal kernels (on GPUs the flash kernels, which a mask
+    tensor rules out and which skip the blocks above the diagonal).
     ``impl="manual"`` is the teaching path and can return the attention weights; ``impl="fused"`` calls
     ``F.scaled_dot_product_attention`` (same result, faster, no weights). Introduced in Chapter 1.
     """
@@ -55,7 +59,17 @@ def scaled_dot_product_attention(
         raise ValueError(f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must share their last dimension, got {q.shape[-1]} and {k.shape[-1]}")
-    if impl == "fused" and not need_weights:
+    # In bfloat16 on the CPU, PyTorch's fused kernel is slower than the two matmuls of the manual path (its backward
+    # took 4x its float32 time at Chapter 2's shapes), so bfloat16 on the CPU computes the formula below.
+    fused = impl == "fused" and not need_weights and not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+    if is_causal:
+        if q.shape[-2] != k.shape[-2]:
+            raise ValueError(f"is_causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
+        if fused and mask is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True), None
+        causal = causal_mask(q.shape[-2], device=q.device)
+        mask = causal if mask is None else mask & causal
+    if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
 
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T, S)
@@ -96,9 +110,13 @@ class MultiHeadAttention(nn.Module):
         return x.view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, Dh)
 
     def forward(
-        self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, need_weights: bool = False
+        self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, need_weights: bool = False,
+        is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """x: (B, T, D), context: (B, S, D) or None. Returns (B, T, D) and, if asked, weights (B, H, T, S)."""
+        """x: (B, T, D), context: (B, S, D) or None. Returns (B, T, D) and, if asked, weights (B, H, T, S).
+
+        ``is_causal`` adds the causal mask to ``mask`` (see ``scaled_dot_product_attention``).
+        """
         if x.dim() != 3:
             raise ValueError(f"x must have shape (B, T, D), got {tuple(x.shape)}")
         context = x if context is None else context
@@ -108,7 +126,7 @@ class MultiHeadAttention(nn.Module):
         v = self._split_heads(self.W_v(context))  # (B, H, S, Dh)
         out, weights = scaled_dot_product_attention(
             q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            need_weights=need_weights, impl=self.attn_impl,
+            need_weights=need_weights, impl=self.attn_impl, is_causal=is_causal,
         )
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, H*Dh) = (B, T, D)
         return self.W_o(out), weights

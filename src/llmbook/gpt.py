@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmbook.attention import causal_mask
 from llmbook.config import check_model_config, check_token_ids
 from llmbook.decoding import greedy_decode, sample
 from llmbook.layers import EncoderLayer
@@ -98,12 +97,13 @@ def lm_loss(logits: Tensor, tokens: Tensor, pad_id: int | None = None) -> Tensor
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must be tokens {tuple(tokens.shape)} plus a vocabulary axis")
     V = logits.shape[-1]
-    predictions = logits[..., :-1, :].reshape(-1, V)  # (N, V), N = (...) * (T - 1)
-    targets = tokens[..., 1:].reshape(-1)  # (N,)
     ignore_index = -100 if pad_id is None else pad_id
+    # The last position has no next token: its target is ignore_index. Padding the targets, rather than slicing off
+    # the last position's logits, leaves the largest tensor of the step in place instead of copying it.
+    targets = F.pad(tokens[..., 1:], (0, 1), value=ignore_index).reshape(-1)  # (N,), N = (...) * T
     if not bool((targets != ignore_index).any()):  # a mean over no target is NaN
         raise ValueError(f"tokens hold no target: T < 2, or every token after the first is pad_id={pad_id}")
-    return F.cross_entropy(predictions.float(), targets, ignore_index=ignore_index)
+    return F.cross_entropy(logits.reshape(-1, V).float(), targets, ignore_index=ignore_index)
 
 
 class GPT(nn.Module):
@@ -155,9 +155,8 @@ class GPT(nn.Module):
     def hidden_states(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> the last layer's output (B, T, D) (after the final LayerNorm, if any)."""
         x = self._embed(tokens)  # h_0, (B, T, D)
-        mask = causal_mask(tokens.shape[1], device=tokens.device)  # (T, T), broadcasts to (B, H, T, T)
         for layer in self.layers:
-            x, _ = layer(x, mask=mask)  # h_l = block(h_{l-1})
+            x, _ = layer(x, is_causal=True)  # h_l = block(h_{l-1}), position t attends to 0..t
         return self.final_norm(x)
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -167,10 +166,9 @@ class GPT(nn.Module):
     def attention_weights(self, tokens: Tensor) -> list[Tensor]:
         """tokens (B, T) -> n_layers attention weights (B, H, T, T), rows are queries (manual attention path)."""
         x = self._embed(tokens)
-        mask = causal_mask(tokens.shape[1], device=tokens.device)
         weights = []
         for layer in self.layers:
-            x, w = layer(x, mask=mask, need_weights=True)
+            x, w = layer(x, need_weights=True, is_causal=True)
             weights.append(w)
         return weights
 

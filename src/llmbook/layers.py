@@ -62,18 +62,20 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False
+        self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False, is_causal: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """x: (B, T, D), mask broadcastable to (B, H, T, T). Returns (B, T, D) and the weights if asked.
+
+        ``is_causal`` adds the causal mask to ``mask``: GPT's blocks are this layer with ``is_causal=True``.
 
         ``need_weights`` is the layer's internal switch; models expose the weights through ``attention_weights``.
         """
         if self.norm_first:
-            a, weights = self.self_attn(self.norm1(x), mask=mask, need_weights=need_weights)
+            a, weights = self.self_attn(self.norm1(x), mask=mask, need_weights=need_weights, is_causal=is_causal)
             x = x + self.dropout(a)
             x = x + self.dropout(self.ff(self.norm2(x)))
         else:
-            a, weights = self.self_attn(x, mask=mask, need_weights=need_weights)
+            a, weights = self.self_attn(x, mask=mask, need_weights=need_weights, is_causal=is_causal)
             x = self.norm1(x + self.dropout(a))
             x = self.norm2(x + self.dropout(self.ff(x)))
         return x, weights
@@ -110,19 +112,21 @@ class DecoderLayer(nn.Module):
         self_mask: Tensor | None = None,
         memory_mask: Tensor | None = None,
         need_weights: bool = False,
+        is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """x: (B, T, D) targets, memory: (B, S, D) encoder output; self_mask ~ (B, H, T, T), memory_mask ~ (B, H, T, S).
 
-        Returns (B, T, D) and, if asked, the self- and cross-attention weights.
+        ``is_causal`` adds the causal mask to ``self_mask``. Returns (B, T, D) and, if asked, the self- and
+        cross-attention weights.
         """
         if self.norm_first:
-            a, self_w = self.self_attn(self.norm1(x), mask=self_mask, need_weights=need_weights)
+            a, self_w = self.self_attn(self.norm1(x), mask=self_mask, need_weights=need_weights, is_causal=is_causal)
             x = x + self.dropout(a)
             c, cross_w = self.cross_attn(self.norm2(x), context=memory, mask=memory_mask, need_weights=need_weights)
             x = x + self.dropout(c)
             x = x + self.dropout(self.ff(self.norm3(x)))
         else:
-            a, self_w = self.self_attn(x, mask=self_mask, need_weights=need_weights)
+            a, self_w = self.self_attn(x, mask=self_mask, need_weights=need_weights, is_causal=is_causal)
             x = self.norm1(x + self.dropout(a))
             c, cross_w = self.cross_attn(x, context=memory, mask=memory_mask, need_weights=need_weights)
             x = self.norm2(x + self.dropout(c))

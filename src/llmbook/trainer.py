@@ -8,6 +8,15 @@ The trainer knows nothing about any particular model (minGPT's trainer is the mo
   ``eval_fn(model) -> dict`` for other metrics, such as exact match after decoding.
 Callbacks ``on_step``, ``on_eval`` and ``on_checkpoint`` receive the trainer; the chapters use them to record
 snapshots for their widgets. Checkpoints are safetensors files, never pickles.
+
+Speed: AdamW runs its fused kernel, ``precision`` switches matmuls to bfloat16 autocast (the default "auto" does so
+on CUDA GPUs that support it, where float32 matmuls also use TF32), and the host waits for the device only when a
+number is read: at ``log_every`` steps, or when a callback reads ``loss`` or ``grad_norm``.
+
+Scale-out: launched by ``torchrun --nproc_per_node=N script.py``, every process builds the same trainer; the trainer
+joins the process group (NCCL on GPUs, gloo on CPUs), wraps the model in ``DistributedDataParallel`` and trains each
+process on its slice of every batch, so N processes run the updates one process would run on the whole batch.
+Progress bars and checkpoints are written by rank 0 only.
 """
 
 from __future__ import annotations
@@ -22,9 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from llmbook.config import check_bool, check_choice, check_int, check_real, is_real
@@ -33,6 +44,7 @@ Batch = Any
 LossFn = Callable[[nn.Module, Batch], Tensor]
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "float32", "bfloat16")
 EVENTS = ("on_step", "on_eval", "on_checkpoint")
 
 
@@ -100,6 +112,9 @@ class TrainerConfig:
     checkpoint_path: str | None = None  # when set, save here every checkpoint_every steps and at max_steps
     checkpoint_every: int = 0
     progress: bool = False  # show a tqdm progress bar
+    # "bfloat16": autocast matmuls to bfloat16 (weights, optimizer and loss stay float32); "auto": bfloat16 on CUDA
+    # GPUs that support it, float32 elsewhere (on CPUs its speed and its rounding depend on the instruction set).
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         check_int(self, "max_steps", 1)
@@ -126,6 +141,7 @@ class TrainerConfig:
         if self.checkpoint_every and self.checkpoint_path is None:
             raise ValueError(f"checkpoint_every must be 0 when checkpoint_path is None, got {self.checkpoint_every!r}")
         check_bool(self, "progress")
+        check_choice(self, "precision", PRECISIONS)
 
 
 def lr_at(step: int, config: TrainerConfig) -> float:
@@ -199,13 +215,48 @@ def make_loss_fn(ignore_index: int = -100, label_smoothing: float = 0.0) -> Loss
 def make_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.AdamW:
     """AdamW that decays matrices (linear and embedding weights) but not biases and LayerNorm gains (as nanoGPT).
 
-    Decaying a bias or a gain towards 0 does not make the function simpler, it only shifts or shrinks it.
-    Introduced in Chapter 1.
+    Decaying a bias or a gain towards 0 does not make the function simpler, it only shifts or shrinks it. The update
+    runs AdamW's fused kernel (one pass over all parameters instead of a loop of small operations) on the CPU and on
+    CUDA, where torch has it (2.4 and later). Introduced in Chapter 1.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    fused = _has_fused_adamw() and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused or None)
+
+
+def _has_fused_adamw() -> bool:
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4)  # the CPU kernel arrived in 2.4
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype ``precision`` autocasts matmuls to on ``device``, None for plain float32. Introduced in Chapter 1."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if precision == "bfloat16" else None
+
+
+def shard_batch(batch: Batch, rank: int, world_size: int) -> Batch:
+    """Process ``rank``'s slice of ``batch``: rows [rank * B / N, (rank + 1) * B / N) of every tensor in it.
+
+    Equal slices: the mean loss of each slice, averaged over the N processes by DistributedDataParallel, is then the
+    mean loss of the whole batch. Introduced in Chapter 1.
+    """
+    if isinstance(batch, Tensor):
+        if batch.dim() == 0 or batch.shape[0] % world_size:
+            raise ValueError(f"a batch of {tuple(batch.shape)} does not split into {world_size} equal slices of its "
+                             "first dimension; make the batch size a multiple of the number of processes")
+        size = batch.shape[0] // world_size
+        return batch[rank * size:(rank + 1) * size]
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(shard_batch(x, rank, world_size) for x in batch)
+    if isinstance(batch, dict):
+        return {k: shard_batch(v, rank, world_size) for k, v in batch.items()}
+    return batch
 
 
 def load_model_weights(path: str, model: nn.Module) -> nn.Module:
@@ -236,7 +287,8 @@ class Trainer:
     """Trains any model on any data given a loss function and a batch function; see the module docstring.
 
     State that callbacks may read: ``step`` (updates done), ``loss`` and ``lr`` of the latest step, ``grad_norm``
-    (before clipping; NaN without clipping), ``metrics`` of the latest evaluation, ``history``. Introduced in
+    (before clipping; NaN without clipping), ``metrics`` of the latest evaluation, ``history``; under torchrun
+    ``rank`` and ``world_size`` (0 and 1 otherwise). ``loss`` is the mean over all processes. Introduced in
     Chapter 1.
     """
 
@@ -245,13 +297,47 @@ class Trainer:
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None) -> None:
         self.config = config if config is not None else TrainerConfig()
         self.device = select_device(self.config.device)
+        self.rank, self.world_size = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun with several processes
+            self._join_process_group()
+        if self.device.type == "cuda":  # TF32 matmuls: float32 range, 10-bit mantissa, several times faster
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.autocast_dtype = autocast_dtype(self.config.precision, self.device)
         self.model = model.to(self.device)
+        # The module that training runs: under torchrun, DDP averages the gradients of the processes in backward.
+        self.train_model: nn.Module = self.model
+        if self.world_size > 1:
+            self.train_model = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type ==
+                                                       "cuda" else None)
         self.loss_fn, self.train_batch, self.val_batch, self.eval_fn = loss_fn, train_batch, val_batch, eval_fn
         self.optimizer = make_optimizer(self.model, self.config)
         self.history = History()
-        self.step, self.loss, self.lr, self.grad_norm = 0, math.nan, 0.0, math.nan
+        self.step, self.lr = 0, 0.0
+        self._loss: Tensor | None = None  # read lazily: .item() makes the host wait for the device
+        self._grad_norm: Tensor | None = None
         self.metrics: dict[str, float] = {}
         self.callbacks: dict[str, list[Callable[[Trainer], None]]] = {event: [] for event in EVENTS}
+
+    def _join_process_group(self) -> None:
+        if self.device.type == "mps":
+            raise ValueError("torchrun with several processes needs device='cpu' or 'cuda'; MPS has no process group")
+        if self.device.type == "cuda":  # one GPU per process
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+    @property
+    def loss(self) -> float:
+        """The training loss of the latest step (the mean over all processes); NaN before the first step."""
+        return math.nan if self._loss is None else self._loss.item()
+
+    @property
+    def grad_norm(self) -> float:
+        """The global gradient norm of the latest step, before clipping; NaN without clipping."""
+        return math.nan if self._grad_norm is None else self._grad_norm.item()
 
     def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
         """Call ``fn(trainer)`` on ``event``: "on_step" (after every update), "on_eval", "on_checkpoint"."""
@@ -263,49 +349,73 @@ class Trainer:
         for fn in self.callbacks[event]:
             fn(self)
 
+    def _autocast(self) -> torch.autocast:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """The validation loss over ``eval_batches`` batches (when ``val_batch`` is given) and ``eval_fn``'s metrics."""
         self.model.eval()
         metrics = {}
         if self.val_batch is not None:
-            losses = [self.loss_fn(self.model, move_to(self.val_batch(i), self.device)).item()
-                      for i in range(self.config.eval_batches)]
+            with self._autocast():
+                losses = [self.loss_fn(self.model, move_to(self.val_batch(i), self.device)).item()
+                          for i in range(self.config.eval_batches)]
             metrics["val_loss"] = sum(losses) / len(losses)
         if self.eval_fn is not None:
             metrics.update(self.eval_fn(self.model))
         self.model.train()
         return metrics
 
+    def _train_step(self) -> None:
+        """One update: forward and loss (autocast if asked), backward, clipping, AdamW. Nothing waits for the device."""
+        batch = self.train_batch(self.step)
+        if self.world_size > 1:
+            batch = shard_batch(batch, self.rank, self.world_size)
+        with self._autocast():
+            loss = self.loss_fn(self.train_model, move_to(batch, self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            self._grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        loss = loss.detach()
+        if self.world_size > 1:
+            dist.all_reduce(loss)  # the sum over processes
+            loss /= self.world_size
+        self._loss = loss
+
     def fit(self, steps: int | None = None) -> History:
         """Train until ``config.max_steps``, or for at most ``steps`` more updates; return the whole history.
 
-        A fresh trainer seeds everything with ``config.seed`` first; a resumed one continues its saved generators.
+        A fresh trainer seeds everything with ``config.seed`` (plus the rank, so that processes draw different
+        dropout masks) first; a resumed one continues its saved generators. A loss that is not finite stops the run
+        with an error at the next logged step.
         """
         c = self.config
         if self.step == 0:
-            seed_everything(c.seed)
+            seed_everything(c.seed + self.rank)
         end = c.max_steps if steps is None else min(c.max_steps, self.step + steps)
-        bar = tqdm(total=end - self.step, disable=not c.progress)
+        bar = tqdm(total=end - self.step, disable=not c.progress or self.rank != 0)
         self.model.train()
         while self.step < end:
             self.step += 1
             self.lr = lr_at(self.step, c)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr
-            loss = self.loss_fn(self.model, move_to(self.train_batch(self.step), self.device))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if c.grad_clip is not None:
-                self.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip).item()
-            self.optimizer.step()
-            self.loss = loss.item()
+            self._train_step()
             if self.step % c.log_every == 0:
+                loss = self.loss
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the training loss is {loss} at step {self.step}: training diverged. Lower lr "
+                        f"(now {c.lr}), raise warmup_steps (now {c.warmup_steps}) or clip gradients (grad_clip)")
                 self.history.step.append(self.step)
-                self.history.train_loss.append(self.loss)
+                self.history.train_loss.append(loss)
                 self.history.lr.append(self.lr)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{self.loss:.4f}")
             self._fire("on_step")
             if c.eval_every and (self.step % c.eval_every == 0 or self.step == c.max_steps):
                 self.metrics = self.evaluate()
@@ -315,7 +425,8 @@ class Trainer:
                 self._fire("on_eval")
             if c.checkpoint_path and ((c.checkpoint_every and self.step % c.checkpoint_every == 0)
                                       or self.step == c.max_steps):
-                self.save_checkpoint(c.checkpoint_path)
+                if self.rank == 0:
+                    self.save_checkpoint(c.checkpoint_path)
         bar.close()
         return self.history
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from llmbook.attention import causal_mask, padding_mask
+from llmbook.attention import padding_mask
 from llmbook.config import (
     check_attends_somewhere,
     check_choice,
@@ -196,11 +196,11 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"memory must have shape (B={tgt.shape[0]}, S, D={self.config.d_model}), got {tuple(memory.shape)}"
             )
-        self_mask = causal_mask(tgt.shape[1], device=tgt.device)  # (T, T), broadcasts to (B, H, T, T)
         x = self._embed(tgt, self.tgt_tok_emb, self.tgt_pos)  # (B, T, D)
         self_weights, cross_weights = [], []
         for layer in self.decoder_layers:
-            x, self_w, cross_w = layer(x, memory, self_mask, src_mask, need_weights=need_weights)
+            # Target position t attends to targets 0..t (is_causal) and to every real source token (src_mask).
+            x, self_w, cross_w = layer(x, memory, memory_mask=src_mask, need_weights=need_weights, is_causal=True)
             self_weights.append(self_w)
             cross_weights.append(cross_w)
         return self.decoder_norm(x), self_weights, cross_weights  # (B, T, D)
