@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup book test lint test-package test-notebooks test-browser execute clean
+.PHONY: setup book test lint test-package test-notebooks test-browser test-gpu-scale execute clean
 
 # --- set-up -------------------------------------------------------------------------------------------------------
 # The virtual environment is (re)installed only when requirements.txt or pyproject.toml changed.
@@ -56,6 +56,12 @@ test-notebooks:
 
 test-browser:
 	$(PYTEST) tests/browser -q
+
+# Every chapter at its GPU scale, end to end on the CPU with every step count cut to 2 (LLMBOOK_MAX_STEPS): the
+# GPU code paths run, the numbers mean nothing. Not part of `make test`: untrained GPU-size models decode every
+# test example to full length, which takes many CPU-minutes (tools/run_chapters.py prints each chapter's time).
+test-gpu-scale: setup
+	$(PY) tools/run_chapters.py --scale gpu --max-steps 2 --device cpu $(NOTEBOOKS)
 
 # --- maintenance --------------------------------------------------------------------------------------------------
 # Re-execute every notebook in place, top to bottom in a fresh kernel, storing outputs and widget state so that a

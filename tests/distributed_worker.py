@@ -2,7 +2,8 @@
 
 Usage: torchrun --standalone --nproc_per_node=2 tests/distributed_worker.py OUT_DIR
 Every process writes OUT_DIR/rank<r>.safetensors: its final weights, and as metadata its loss history, the batch
-rows of its steps, how many checkpoints it wrote and the world size. Rank 0 alone writes the trainer checkpoint OUT_DIR/checkpoint.safetensors.
+rows of its steps, how many checkpoints it wrote and the world size. Rank 0 alone writes the trainer checkpoint
+OUT_DIR/checkpoint.safetensors.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Scale-out: two CPU processes under torchrun (gloo) make the updates one process makes on the combined batch."""
+"""Scale-out: two CPU processes under torchrun (gloo) make the updates one process makes on the combined batch,
+and the pre-training script runs under torchrun."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,6 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import distributed_worker as worker
+from llmbook.gpt import GPT
+from llmbook.gpt import PRESETS as GPT_PRESETS
+from llmbook.tokenizer import BPETokenizer
+from llmbook.trainer import load_model_weights
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -52,3 +58,21 @@ def test_two_processes_train_like_one_process_on_the_combined_batch(tmp_path):
     checkpoint, _ = read(tmp_path / "checkpoint.safetensors")
     torch.testing.assert_close(checkpoint["model.layers.0.ff.W_1.weight"], w0["layers.0.ff.W_1.weight"])
     assert run.stderr.count(f"{worker.STEPS}/{worker.STEPS}") == 1, run.stderr[-2000:]
+
+
+def test_the_pretraining_script_runs_under_torchrun(tmp_path):
+    # The command book/running.md gives for several GPUs, here on 2 CPU processes for 2 steps of Chapter 2's CPU scale.
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "llmbook.pretrain", "--scale", "cpu", "--steps", "2", "--batch-size", "4", "--device", "cpu",
+                          "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "2 process(es) on cpu" in run.stdout and run.stdout.count("2 steps in") == 1  # rank 0 reports, once
+    tokenizer = BPETokenizer.load(tmp_path)
+    config = dataclasses.replace(GPT_PRESETS["small"], vocab_size=tokenizer.vocab_size, norm_first=True,
+                                 final_norm=True, dropout=0.0)
+    model = load_model_weights(str(tmp_path / "gpt.safetensors"), GPT(config))
+    _, metadata = read(tmp_path / "gpt.safetensors")
+    assert metadata["step"] == "2"
+    assert model(torch.tensor([tokenizer.encode("To be, or not to be")])).shape[-1] == tokenizer.vocab_size

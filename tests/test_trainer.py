@@ -259,7 +259,8 @@ def test_the_optimizer_runs_adamws_fused_kernel_with_the_same_updates():
         model = toy_model()
         trainer = Trainer(model, make_loss_fn(), toy_batch, CPU)
         if not use_fused:  # the reference: torch's for-loop AdamW with the same groups and hyperparameters
-            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in trainer.optimizer.param_groups]
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
+                      for g in trainer.optimizer.param_groups]
             trainer.optimizer = torch.optim.AdamW(groups, lr=CPU.lr, betas=CPU.betas, eps=CPU.eps)
             assert not trainer.optimizer.defaults["fused"]
         trainer.fit()

@@ -14,6 +14,7 @@ Chapter 1.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -175,3 +176,30 @@ def check_attends_somewhere(keep: Tensor, name: str, what: str) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct trainable parameters (a tied matrix counts once). Introduced in Chapter 1."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+SCALES = ("cpu", "gpu")
+_CUT_KEYS = ("eval_every",)  # cut like the step counts, whose keys end in "steps"
+
+
+def chapter_hyperparameters(table: dict[str, dict[str, Any]], device: torch.device) -> tuple[str, dict[str, Any]]:
+    """A chapter's scale and its hyperparameters: ``table["gpu"]`` on a CUDA device, ``table["cpu"]`` otherwise.
+
+    Two environment variables serve the book's checks. ``LLMBOOK_SCALE`` (cpu or gpu) picks the scale whatever the
+    device, so that a CPU can run the GPU scale. ``LLMBOOK_MAX_STEPS=N`` cuts every step count (the value of a key
+    that ends in "steps") and ``eval_every`` to at most N, so that such a run goes end to end in minutes; its numbers
+    then mean nothing. Introduced in Chapter 1.
+    """
+    if set(table) != set(SCALES):
+        raise ValueError(f"table must have the keys {SCALES}, got {sorted(table)}")
+    scale = os.environ.get("LLMBOOK_SCALE") or ("gpu" if device.type == "cuda" else "cpu")
+    if scale not in SCALES:
+        raise ValueError(f"LLMBOOK_SCALE must be one of {SCALES}, got {scale!r}")
+    hp = dict(table[scale])
+    if os.environ.get("LLMBOOK_MAX_STEPS"):
+        cap = os.environ["LLMBOOK_MAX_STEPS"]
+        if not cap.isdigit() or int(cap) < 1:
+            raise ValueError(f"LLMBOOK_MAX_STEPS must be a positive integer, got {cap!r}")
+        hp.update({k: min(v, int(cap)) for k, v in hp.items()
+                   if (k.endswith("steps") or k in _CUT_KEYS) and isinstance(v, int) and v > 0})
+    return scale, hp

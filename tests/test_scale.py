@@ -1,0 +1,63 @@
+"""A chapter's scale: the hyperparameter table by device, the LLMBOOK_SCALE override, LLMBOOK_MAX_STEPS' cut; and the
+window batches of pre-training (llmbook.pretrain)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmbook.config import chapter_hyperparameters
+from llmbook.pretrain import even_windows, random_windows
+
+TABLE = {"cpu": dict(max_steps=1200, warmup_steps=100, eval_every=150, n_test=500, lr=2e-3, steps_note="x"),
+         "gpu": dict(max_steps=6000, warmup_steps=400, eval_every=500, n_test=1000, lr=1e-3, steps_note="y")}
+
+
+@pytest.fixture(autouse=True)
+def no_overrides(monkeypatch):
+    monkeypatch.delenv("LLMBOOK_SCALE", raising=False)
+    monkeypatch.delenv("LLMBOOK_MAX_STEPS", raising=False)
+
+
+def test_the_device_picks_the_scale():
+    assert chapter_hyperparameters(TABLE, torch.device("cpu")) == ("cpu", TABLE["cpu"])
+    assert chapter_hyperparameters(TABLE, torch.device("cuda")) == ("gpu", TABLE["gpu"])
+    assert chapter_hyperparameters(TABLE, torch.device("mps"))[0] == "cpu"
+
+
+def test_llmbook_scale_and_max_steps_run_the_gpu_scale_cut_short(monkeypatch):
+    monkeypatch.setenv("LLMBOOK_SCALE", "gpu")
+    monkeypatch.setenv("LLMBOOK_MAX_STEPS", "2")
+    scale, hp = chapter_hyperparameters(TABLE, torch.device("cpu"))
+    assert scale == "gpu"
+    assert hp == dict(max_steps=2, warmup_steps=2, eval_every=2, n_test=1000, lr=1e-3, steps_note="y")
+    assert TABLE["gpu"]["max_steps"] == 6000  # the table itself is left alone
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("LLMBOOK_SCALE", "tpu", "LLMBOOK_SCALE must be one of"), ("LLMBOOK_MAX_STEPS", "0", "a positive integer"),
+    ("LLMBOOK_MAX_STEPS", "two", "a positive integer, got 'two'"),
+])
+def test_bad_overrides_name_the_variable(monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=message):
+        chapter_hyperparameters(TABLE, torch.device("cpu"))
+
+
+def test_a_table_needs_both_scales():
+    with pytest.raises(ValueError, match="table must have the keys"):
+        chapter_hyperparameters({"cpu": {}}, torch.device("cpu"))
+
+
+def test_window_batches_are_a_function_of_the_step():
+    ids = torch.arange(1000)
+    batch = random_windows(ids, batch_size=4, length=16)
+    (x,) = batch(7)
+    assert x.shape == (4, 16) and torch.equal(x, batch(7)[0]) and not torch.equal(x, batch(8)[0])
+    assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(4, 15, dtype=torch.long))  # contiguous windows of ids
+    windows = even_windows(ids, 5, 100)
+    assert windows[:, 0].tolist() == [0, 225, 450, 675, 900] and windows[-1, -1] == 999
+    with pytest.raises(ValueError, match="longer than length=16"):
+        random_windows(torch.arange(16), 2, 16)
+    with pytest.raises(ValueError, match="1-D tensor"):
+        even_windows(ids.view(10, 100), 2, 16)
