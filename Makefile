@@ -57,11 +57,11 @@ test-notebooks:
 test-browser:
 	$(PYTEST) tests/browser -q
 
-# Every chapter at its GPU scale, end to end on the CPU with every step count cut to 2 (LLMBOOK_MAX_STEPS): the
-# GPU code paths run, the numbers mean nothing. Not part of `make test`: untrained GPU-size models decode every
-# test example to full length, which takes many CPU-minutes (tools/run_chapters.py prints each chapter's time).
+# Every chapter at its GPU scale (its models, sequence lengths, batch sizes), end to end on the CPU with every step
+# count cut to 2 and every example count to 300 (tools/run_chapters.py prints each chapter's time); the numbers mean
+# nothing. Not part of `make test`, which it would lengthen by GPU_SMOKE_MINUTES.
 test-gpu-scale: setup
-	$(PY) tools/run_chapters.py --scale gpu --max-steps 2 --device cpu $(NOTEBOOKS)
+	$(PY) tools/run_chapters.py --scale gpu --max-steps 2 --max-examples 300 --device cpu $(NOTEBOOKS)
 
 # --- maintenance --------------------------------------------------------------------------------------------------
 # Re-execute every notebook in place, top to bottom in a fresh kernel, storing outputs and widget state so that a

@@ -1,5 +1,5 @@
-"""A chapter's scale: the hyperparameter table by device, the LLMBOOK_SCALE override, LLMBOOK_MAX_STEPS' cut; and the
-window batches of pre-training (llmbook.pretrain)."""
+"""A chapter's scale: the hyperparameter table by device, the LLMBOOK_SCALE override, the cuts of LLMBOOK_MAX_STEPS
+and LLMBOOK_MAX_EXAMPLES; and the window batches of pre-training (llmbook.pretrain)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ TABLE = {"cpu": dict(max_steps=1200, warmup_steps=100, eval_every=150, n_test=50
 def no_overrides(monkeypatch):
     monkeypatch.delenv("LLMBOOK_SCALE", raising=False)
     monkeypatch.delenv("LLMBOOK_MAX_STEPS", raising=False)
+    monkeypatch.delenv("LLMBOOK_MAX_EXAMPLES", raising=False)
 
 
 def test_the_device_picks_the_scale():
@@ -31,12 +32,14 @@ def test_llmbook_scale_and_max_steps_run_the_gpu_scale_cut_short(monkeypatch):
     scale, hp = chapter_hyperparameters(TABLE, torch.device("cpu"))
     assert scale == "gpu"
     assert hp == dict(max_steps=2, warmup_steps=2, eval_every=2, n_test=1000, lr=1e-3, steps_note="y")
+    monkeypatch.setenv("LLMBOOK_MAX_EXAMPLES", "50")
+    assert chapter_hyperparameters(TABLE, torch.device("cpu"))[1]["n_test"] == 50
     assert TABLE["gpu"]["max_steps"] == 6000  # the table itself is left alone
 
 
 @pytest.mark.parametrize("variable, value, message", [
     ("LLMBOOK_SCALE", "tpu", "LLMBOOK_SCALE must be one of"), ("LLMBOOK_MAX_STEPS", "0", "a positive integer"),
-    ("LLMBOOK_MAX_STEPS", "two", "a positive integer, got 'two'"),
+    ("LLMBOOK_MAX_STEPS", "two", "a positive integer, got 'two'"), ("LLMBOOK_MAX_EXAMPLES", "-3", "positive"),
 ])
 def test_bad_overrides_name_the_variable(monkeypatch, variable, value, message):
     monkeypatch.setenv(variable, value)

@@ -1,10 +1,11 @@
 """Execute chapters at a chosen scale without storing anything, and report how long each took.
 
-    python tools/run_chapters.py --scale gpu --max-steps 2 chapters/*.ipynb   # the GPU scale end to end on a CPU
-    python tools/run_chapters.py --scale gpu chapters/*.ipynb                 # on a GPU machine: the real GPU scale
+    python tools/run_chapters.py --scale gpu --max-steps 2 --max-examples 300 --device cpu chapters/*.ipynb
+    python tools/run_chapters.py --scale gpu chapters/*.ipynb    # on a GPU machine: the real GPU scale
 
-Each notebook runs top to bottom in a fresh kernel with ``LLMBOOK_SCALE`` (and ``LLMBOOK_MAX_STEPS`` when given) set,
-see ``llmbook.config.chapter_hyperparameters``. ``--device cpu`` also sets ``LLMBOOK_DEVICE=cpu``. The executed copy
+The first runs the GPU scale end to end on a CPU, cut short. Each notebook runs top to bottom in a fresh kernel with
+``LLMBOOK_SCALE`` (and ``LLMBOOK_MAX_STEPS``, ``LLMBOOK_MAX_EXAMPLES`` when given) set, see
+``llmbook.config.chapter_hyperparameters``. ``--device cpu`` also sets ``LLMBOOK_DEVICE=cpu``. The executed copy
 is written to ``--out`` (default: not written) so that its outputs can be read; the chapter files are not touched.
 Cells slower than ``--slow`` seconds are listed under their notebook.
 A cell that raises stops that notebook and makes the exit status 1.
@@ -56,6 +57,8 @@ def main() -> int:
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--scale", choices=("cpu", "gpu"), required=True)
     parser.add_argument("--max-steps", type=int, default=None, help="cut every step count to this (LLMBOOK_MAX_STEPS)")
+    parser.add_argument("--max-examples", type=int, default=None,
+                        help="cut every example count n_* to this (LLMBOOK_MAX_EXAMPLES)")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     parser.add_argument("--slow", type=float, default=20.0, help="list the cells that took longer (seconds)")
@@ -64,6 +67,8 @@ def main() -> int:
     os.environ["LLMBOOK_SCALE"] = args.scale
     if args.max_steps is not None:
         os.environ["LLMBOOK_MAX_STEPS"] = str(args.max_steps)
+    if args.max_examples is not None:
+        os.environ["LLMBOOK_MAX_EXAMPLES"] = str(args.max_examples)
     if args.device == "cpu":
         os.environ["LLMBOOK_DEVICE"] = "cpu"
     failures = 0

@@ -185,9 +185,10 @@ _CUT_KEYS = ("eval_every",)  # cut like the step counts, whose keys end in "step
 def chapter_hyperparameters(table: dict[str, dict[str, Any]], device: torch.device) -> tuple[str, dict[str, Any]]:
     """A chapter's scale and its hyperparameters: ``table["gpu"]`` on a CUDA device, ``table["cpu"]`` otherwise.
 
-    Two environment variables serve the book's checks. ``LLMBOOK_SCALE`` (cpu or gpu) picks the scale whatever the
+    Environment variables serve the book's checks. ``LLMBOOK_SCALE`` (cpu or gpu) picks the scale whatever the
     device, so that a CPU can run the GPU scale. ``LLMBOOK_MAX_STEPS=N`` cuts every step count (the value of a key
-    that ends in "steps") and ``eval_every`` to at most N, so that such a run goes end to end in minutes; its numbers
+    that ends in "steps") and ``eval_every`` to at most N, and ``LLMBOOK_MAX_EXAMPLES=M`` every example count (a key
+    that starts with "n_", such as n_test) to at most M, so that such a run goes end to end in minutes; its numbers
     then mean nothing. Introduced in Chapter 1.
     """
     if set(table) != set(SCALES):
@@ -196,10 +197,12 @@ def chapter_hyperparameters(table: dict[str, dict[str, Any]], device: torch.devi
     if scale not in SCALES:
         raise ValueError(f"LLMBOOK_SCALE must be one of {SCALES}, got {scale!r}")
     hp = dict(table[scale])
-    if os.environ.get("LLMBOOK_MAX_STEPS"):
-        cap = os.environ["LLMBOOK_MAX_STEPS"]
+    for variable, cut in (("LLMBOOK_MAX_STEPS", lambda k: k.endswith("steps") or k in _CUT_KEYS),
+                          ("LLMBOOK_MAX_EXAMPLES", lambda k: k.startswith("n_"))):
+        cap = os.environ.get(variable)
+        if not cap:
+            continue
         if not cap.isdigit() or int(cap) < 1:
-            raise ValueError(f"LLMBOOK_MAX_STEPS must be a positive integer, got {cap!r}")
-        hp.update({k: min(v, int(cap)) for k, v in hp.items()
-                   if (k.endswith("steps") or k in _CUT_KEYS) and isinstance(v, int) and v > 0})
+            raise ValueError(f"{variable} must be a positive integer, got {cap!r}")
+        hp.update({k: min(v, int(cap)) for k, v in hp.items() if cut(k) and isinstance(v, int) and v > 0})
     return scale, hp
