@@ -59,7 +59,7 @@ test-browser:
 
 # Every chapter at its GPU scale (its models, sequence lengths, batch sizes), end to end on the CPU with every step
 # count cut to 2 and every example count to 300 (tools/run_chapters.py prints each chapter's time); the numbers mean
-# nothing. Not part of `make test`, which it would lengthen by GPU_SMOKE_MINUTES.
+# nothing. Not part of `make test`, which it would lengthen by 15 to 20 minutes.
 test-gpu-scale: setup
 	$(PY) tools/run_chapters.py --scale gpu --max-steps 2 --max-examples 300 --device cpu $(NOTEBOOKS)
 
