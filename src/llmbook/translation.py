@@ -1,0 +1,66 @@
+"""Chapter 1's translator in use: greedy translation of a whole dataset, and training with validation exact match.
+
+``train_translator`` is the chapter's recipe around ``llmbook.trainer.Trainer``: the paper's AdamW betas (0.9, 0.98),
+a linear warmup then cosine decay, and, given ``eval_data``, the validation loss and greedy exact match every
+``eval_every`` steps. Introduced in Chapter 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from llmbook.data.numbers import NumberTranslation, decode_tokens, exact_match
+from llmbook.decoding import greedy_decode
+from llmbook.trainer import Trainer, TrainerConfig, make_loss_fn
+from llmbook.transformer import Transformer, next_token_logits_fn
+
+
+def translate_ids(model: Transformer, data: NumberTranslation, max_new_tokens: int = 40) -> torch.Tensor:
+    """Greedy translations of every source of ``data``: (B, 1 + n) target ids starting with BOS, on the CPU.
+
+    Runs in eval mode on the model's device and restores the mode. Introduced in Chapter 1.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    src = data.collate(range(len(data)))[0].to(device)  # (B, S)
+    bos = torch.full((len(data), 1), data.tgt_vocab.bos_id, device=device)  # (B, 1)
+    out = greedy_decode(next_token_logits_fn(model, src), bos, max_new_tokens, eos_id=data.tgt_vocab.eos_id)
+    model.train(was_training)
+    return out.cpu()
+
+
+def translate(model: Transformer, data: NumberTranslation) -> list[str]:
+    """Greedy translations of every source of ``data``, as text. Introduced in Chapter 1."""
+    return decode_tokens(translate_ids(model, data), data.tgt_vocab)
+
+
+def train_translator(model: Transformer, data: NumberTranslation, steps: int, *, lr: float, warmup_steps: int,
+                     batch_size: int, eval_every: int = 0, eval_data: NumberTranslation | None = None,
+                     on_eval: Callable[[Trainer], None] | None = None, seed: int = 0,
+                     device: str = "auto") -> Trainer:
+    """Train ``model`` on ``data`` for ``steps`` updates; with ``eval_data``, evaluate every ``eval_every`` steps.
+
+    The evaluation records the validation loss and ``exact_match`` of greedy translations; ``on_eval`` is called
+    after each. Returns the trainer (its ``history``, its ``model``). Introduced in Chapter 1.
+    """
+    config = TrainerConfig(
+        max_steps=steps, lr=lr, betas=(0.9, 0.98), warmup_steps=warmup_steps, schedule="cosine",
+        eval_every=eval_every if eval_data is not None else 0,
+        eval_batches=max(1, len(eval_data) // batch_size) if eval_data is not None else 1, device=device, seed=seed,
+    )
+    eval_fn = None
+    if eval_data is not None:
+        def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+            assert isinstance(m, Transformer)
+            return {"exact_match": exact_match(translate(m, eval_data), eval_data.target_texts)}
+    trainer = Trainer(
+        model, make_loss_fn(ignore_index=data.tgt_vocab.pad_id), data.batch_fn(batch_size, seed=seed), config,
+        val_batch=eval_data.batch_fn(batch_size, shuffle=False) if eval_data is not None else None, eval_fn=eval_fn,
+    )
+    if on_eval is not None:
+        trainer.add_callback("on_eval", on_eval)
+    trainer.fit()
+    return trainer
