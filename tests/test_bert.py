@@ -305,3 +305,19 @@ def test_pre_ln_switch_is_the_layers_pre_ln_plus_a_final_norm():
     torch.testing.assert_close(bert(tokens), bert.final_norm(x), atol=ATOL, rtol=RTOL)
     with pytest.raises(ValueError, match="norm_first"):
         load_hf_bert_state_dict(BertForMaskedLM(config), transformers.BertForMaskedLM(hf_config()).state_dict())
+
+
+def test_mean_pooling_classifier_averages_the_real_tokens_and_ignores_padding():
+    torch.manual_seed(5)
+    config = PRESETS["tiny"]
+    model = randomize(BertClassifier(config, 3, pooling="mean"), seed=5)
+    assert model.pooler is None and not any("pooler" in k for k in model.state_dict())
+    tokens = torch.randint(1, config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(6))
+    padded = torch.cat([tokens, torch.zeros(1, 4, dtype=torch.long)], dim=1)  # four [PAD] tokens
+    with torch.no_grad():
+        hidden = model.hidden_states(tokens)  # (1, 6, D)
+        expected = model.classifier(hidden.mean(dim=1))
+        torch.testing.assert_close(model(tokens), expected, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(model(padded), expected, atol=ATOL, rtol=RTOL)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        BertClassifier(config, 3, pooling="max")

@@ -21,7 +21,7 @@ from llmbook.finetune import (
     finetune,
 )
 
-CONFIG = FinetuneConfig(epochs=10, max_steps=200, batch_size=16, lr=3e-2, device="cpu")
+CONFIG = FinetuneConfig(epochs=10, max_steps=200, batch_size=16, lr=3e-2, evals=10, device="cpu")
 
 
 def toy_examples(n: int, seed: int) -> Examples:
@@ -67,7 +67,7 @@ def test_finetune_learns_and_keeps_the_best_validation_weights():
     model = BagClassifier()
     before = accuracy(model, test, collate, classify)
     result = finetune(model, train, val, collate, loss_fn, classify, CONFIG, seed=0)
-    assert result.steps == 100 and result.history.eval_step == list(range(10, 101, 10))  # one evaluation per pass
+    assert result.steps == 100 and result.history.eval_step == list(range(10, 101, 10))  # evals=10: every 10 updates
     assert result.val_accuracy == max(result.history.eval["val_accuracy"])
     assert result.best_step == result.history.eval_step[result.history.eval["val_accuracy"].index(
         result.val_accuracy)]
@@ -96,3 +96,11 @@ def test_spread_and_standard_errors():
         Spread.of([float("nan")])
     assert accuracy_se(0.5, 600) == pytest.approx(0.0204, abs=1e-4)  # Chapter 2's "at most 2.0 points"
     assert difference_se(0.5, 600, 0.5, 600) == pytest.approx(0.0289, abs=1e-4)  # the 2.8-point rule of issue 11
+
+
+def test_evaluations_are_at_most_evals_and_include_the_last_update():
+    train, val = toy_examples(50, 0), toy_examples(20, 1)
+    for evals, expected in ((6, [6, 12, 18, 24, 30, 32]), (3, [11, 22, 32]), (100, list(range(1, 33)))):
+        config = replace(CONFIG, epochs=10, max_steps=32, evals=evals)
+        result = finetune(BagClassifier(), train, val, collate, loss_fn, classify, config, seed=0)
+        assert result.history.eval_step == expected

@@ -20,7 +20,9 @@ from llmbook.data.shakespeare import (
     encode_plays,
     genre_passages,
     load_plays,
+    next_line_pairs,
     same_play_pairs,
+    word_order_examples,
 )
 
 
@@ -191,3 +193,35 @@ def test_encode_plays_is_each_play_encoded_whole_with_optional_start_tokens(play
     assert tokenizer.decode(with_starts[1 : 1 + len(whole[0])]) == held_out[0].text
     with pytest.raises(ValueError, match="split"):
         encode_plays(tokenizer, plays, "dev")
+
+
+def test_word_order_examples_hold_the_words_of_real_lines_in_a_new_order(plays):
+    examples = word_order_examples(plays, "validation", n_per_class=200, max_chars=60, seed=2)
+    assert Counter(e.label for e in examples) == {0: 200, 1: 200}
+    assert examples == word_order_examples(plays, "validation", n_per_class=200, max_chars=60, seed=2)
+    lines = {p.slug: p.lines() for p in plays if p.split == "validation"}
+    sorted_words = {(slug, tuple(sorted(line.split(" ")))): line for slug, ls in lines.items() for line in ls}
+    for e in examples:
+        assert len(e.text) <= 60 and len(set(e.text.split(" "))) >= 5
+        original = sorted_words[e.play, tuple(sorted(e.text.split(" ")))]  # a real line with these very words
+        assert (e.text == original) == (e.label == 1)
+    texts = [e.text for e in examples]
+    assert len(set(texts)) == len(texts)
+    with pytest.raises(ValueError, match="min_words"):
+        word_order_examples(plays, "train", 5, min_words=1)
+    with pytest.raises(ValueError, match="fewer than"):
+        word_order_examples(plays, "test", 5, min_words=30)
+
+
+def test_next_line_pairs_pair_a_line_with_its_successor_or_another_line_of_the_play(plays):
+    examples = next_line_pairs(plays, "test", n_per_class=150, max_chars=60, seed=4)
+    assert Counter(e.label for e in examples) == {0: 150, 1: 150}
+    assert examples == next_line_pairs(plays, "test", n_per_class=150, max_chars=60, seed=4)
+    lines = {p.slug: p.lines() for p in plays if p.split == "test"}
+    for e in examples:
+        assert len(e.text) + len(e.second) <= 60
+        play = lines[e.play]
+        follows = any(play[i] == e.text and play[i + 1] == e.second for i in range(len(play) - 1))
+        assert follows == (e.label == 1) and e.second in play
+    with pytest.raises(ValueError, match="n_per_class"):
+        next_line_pairs(plays, "test", 0)

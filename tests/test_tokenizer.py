@@ -88,3 +88,24 @@ def test_training_is_deterministic_and_checks_its_arguments(tokenizer, train_sli
         train_bpe(train_slice, 100)
     with pytest.raises(ValueError, match="min_frequency"):
         train_bpe(train_slice, 300, min_frequency=0)
+
+
+def test_character_tokenizer_round_trips_and_names_unknown_characters(plays):
+    from llmbook.tokenizer import CharTokenizer, train_chars
+
+    chars = train_chars(p.text for p in plays if p.split == "train")
+    assert (chars.pad_id, chars.start_id, chars.delim_id, chars.extract_id, chars.mask_id) == (0, 1, 2, 3, 4)
+    assert chars.vocab_size == len(SPECIAL_TOKENS) + len(chars.alphabet)
+    for play in plays:  # every held-out character was seen in training: the corpus is ASCII
+        if play.split != "train":
+            ids = chars.encode(play.text)
+            assert len(ids) == len(play.text) and chars.decode(ids) == play.text
+    assert chars.tokens("To be") == ["T", "o", " ", "b", "e"]
+    assert chars.decode([chars.mask_id, *chars.encode("a")]) == "<mask>a"
+    assert chars.encode_batch(["ab", ""]) == [chars.encode("ab"), []]
+    with pytest.raises(ValueError, match="outside the alphabet"):
+        chars.encode("café")
+    with pytest.raises(ValueError, match="distinct"):
+        CharTokenizer("aa")
+    with pytest.raises(ValueError, match="vocab_size"):
+        chars.decode([chars.vocab_size])

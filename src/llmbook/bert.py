@@ -259,22 +259,31 @@ class BertForMaskedLM(_BertWithHead):
         return self.mlm_head(hidden, self.bert.tok_emb.weight)  # (B, T, V)
 
 
-class BertClassifier(_BertWithHead):
-    """BERT for sequence classification: pooled [CLS] -> dropout -> linear, as fine-tuned in the paper.
+POOLINGS = ("cls", "mean")
 
-    Introduced in Chapter 3.
+
+class BertClassifier(_BertWithHead):
+    """BERT for sequence classification: a sentence vector -> dropout -> linear.
+
+    ``pooling="cls"`` reads the paper's pooler (dense + tanh) on the [CLS] vector, which only next-sentence
+    prediction trains in pre-training; ``pooling="mean"`` averages the last hidden states over the tokens that are not
+    padding, vectors the masked-LM loss trains at every position (Sentence-BERT's choice). Introduced in Chapter 3.
     """
 
-    def __init__(self, config: BertConfig, n_classes: int) -> None:
+    def __init__(self, config: BertConfig, n_classes: int, pooling: str = "cls") -> None:
         super().__init__()
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
             raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.config = config
+        self.pooling = pooling
         self.bert = Bert(config)
-        self.pooler = BertPooler(config.d_model)
+        self.pooler = BertPooler(config.d_model) if pooling == "cls" else None
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.d_model, n_classes)
-        self.pooler.apply(_init_bert_weights)
+        if self.pooler is not None:
+            self.pooler.apply(_init_bert_weights)
         self.classifier.apply(_init_bert_weights)
 
     def forward(
@@ -282,7 +291,11 @@ class BertClassifier(_BertWithHead):
     ) -> Tensor:
         """Class logits (B, n_classes); inputs as ``Bert.hidden_states``."""
         hidden = self.bert.hidden_states(tokens, segments, attention_mask)  # (B, T, D)
-        return self.classifier(self.dropout(self.pooler(hidden)))  # (B, n_classes)
+        if self.pooler is not None:
+            return self.classifier(self.dropout(self.pooler(hidden)))  # (B, n_classes)
+        real = (tokens != self.config.pad_id if attention_mask is None else attention_mask.bool()).unsqueeze(-1)
+        pooled = (hidden * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)  # (B, D): mean over the real tokens
+        return self.classifier(self.dropout(pooled))  # (B, n_classes)
 
 
 def _init_bert_weights(module: nn.Module) -> None:

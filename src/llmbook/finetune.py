@@ -1,9 +1,9 @@
 """Fine-tuning a classifier on labelled examples, one protocol for every chapter, and the arithmetic of its results.
 
 The protocol (``finetune``): the labelled examples are read in shuffled passes (``epochs``, capped at ``max_steps``
-updates), the classifier is evaluated on held-out validation examples after every pass, and the weights of the
-best validation accuracy are the ones kept, so a run that overfits in its last pass is judged by its best point,
-chosen without looking at the test set. Everything a task needs is given as functions:
+updates), the classifier is evaluated on held-out validation examples ``evals`` times along the way, and the
+weights of the best validation accuracy are the ones kept, so a run that overfits in its last pass is judged by its
+best point, chosen without looking at the test set. Everything a task needs is given as functions:
 - ``collate(inputs) -> tuple of tensors``: the model inputs of a list of examples' inputs (token lists, pairs...);
 - ``loss_fn(model, inputs, labels) -> Tensor``: the training loss of a batch (with an auxiliary LM term or not);
 - ``classify(model, inputs) -> (B, n_classes) logits``.
@@ -64,7 +64,7 @@ class FinetuneConfig:
     lr: float = 5e-4  # peak, after a warmup over warmup_frac of the updates, then linear decay to 0
     warmup_frac: float = 0.1
     weight_decay: float = 0.01
-    evals_per_epoch: int = 1  # validation accuracy this many times per pass (and at the end)
+    evals: int = 6  # validation accuracy this many times, evenly spaced over the updates, the last one included
     eval_batch_size: int = 100
     device: str = "auto"
     precision: str = "auto"
@@ -76,7 +76,7 @@ class FinetuneConfig:
         check_real(self, "lr", 0, min_open=True)
         check_real(self, "warmup_frac", 0, 1)
         check_real(self, "weight_decay", 0)
-        check_int(self, "evals_per_epoch", 1)
+        check_int(self, "evals", 1)
         check_int(self, "eval_batch_size", 1)
         check_choice(self, "device", DEVICES)
         check_choice(self, "precision", PRECISIONS)
@@ -141,8 +141,7 @@ def finetune(model: nn.Module, train: Examples, val: Examples, collate: Collate,
     """
     config = config if config is not None else FinetuneConfig()
     steps = config.steps_for(len(train))
-    per_epoch = math.ceil(len(train) / config.batch_size)
-    eval_every = max(1, min(steps, per_epoch // config.evals_per_epoch))
+    eval_every = math.ceil(steps / config.evals)  # at most evals evaluations, the last at the last update
     rows = epoch_batches(len(train), config.batch_size, seed)
 
     def train_batch(step: int) -> tuple[Tensor, ...]:

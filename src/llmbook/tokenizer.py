@@ -113,3 +113,67 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return BPETokenizer(tokenizer)
+
+
+class CharTokenizer:
+    """One token per character: the special tokens first (as ``BPETokenizer``'s), then the characters of an alphabet.
+
+    The same interface as ``BPETokenizer`` (``encode``, ``encode_batch``, ``tokens``, ``decode``, ``vocab_size`` and
+    the special ids), so a chapter can switch granularity with one line. Text with a character outside the alphabet
+    is refused with the characters named. Introduced in Chapter 3.
+    """
+
+    def __init__(self, alphabet: str) -> None:
+        if not isinstance(alphabet, str) or not alphabet or len(set(alphabet)) != len(alphabet):
+            raise ValueError("alphabet must be a non-empty str of distinct characters")
+        self.alphabet = alphabet
+        self.pieces = [*SPECIAL_TOKENS, *alphabet]
+        self.index = {c: i for i, c in enumerate(alphabet, start=len(SPECIAL_TOKENS))}
+        self.pad_id, self.start_id, self.delim_id, self.extract_id, self.mask_id = range(len(SPECIAL_TOKENS))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, special tokens included: ids are 0 .. vocab_size - 1."""
+        return len(self.pieces)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, one per character; no special tokens are added."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            return [self.index[c] for c in text]
+        except KeyError:
+            unknown = sorted({c for c in text if c not in self.index})
+            raise ValueError(f"text has characters outside the alphabet: {unknown[:10]}") from None
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """``encode`` for many texts."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a sequence of str")
+        return [self.encode(t) for t in texts]
+
+    def tokens(self, text: str) -> list[str]:
+        """The pieces of ``text``: its characters."""
+        return [self.pieces[i] for i in self.encode(text)]
+
+    def decode(self, ids: Sequence[int] | Tensor) -> str:
+        """The text of a sequence of ids (a list or a 1-D tensor); special tokens are written out."""
+        if isinstance(ids, Tensor):
+            if ids.dim() != 1 or ids.dtype.is_floating_point:
+                raise ValueError(f"ids must be a 1-D integer tensor, got {ids.dtype} of shape {tuple(ids.shape)}")
+            ids = ids.tolist()
+        ids = list(ids)
+        bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids must be integers in [0, vocab_size={self.vocab_size}), got {bad[:5]}")
+        return "".join(self.pieces[i] for i in ids)
+
+
+def train_chars(texts: Iterable[str]) -> CharTokenizer:
+    """A ``CharTokenizer`` whose alphabet is every character of ``texts``, in code-point order. Introduced in
+    Chapter 3.
+    """
+    alphabet = sorted(set().union(*(set(t) for t in texts)))
+    if not alphabet:
+        raise ValueError("texts hold no characters")
+    return CharTokenizer("".join(alphabet))

@@ -328,3 +328,84 @@ def same_play_pairs(
         pairs.append(PassagePair(_cut(p, lines[p.slug], a, n_lines), _cut(q, lines[q.slug], b, n_lines), False))
     rng.shuffle(pairs)
     return pairs
+
+
+@dataclass(frozen=True)
+class OrderExample:
+    """One example of an order task: ``text`` and its class (1 = as Shakespeare wrote it). Introduced in Chapter 2.
+
+    For ``word_order_examples`` the text is one line, its words in their order or permuted; for ``next_line_pairs``
+    ``text`` is a line and ``second`` the line that follows it or a random other line of the same play.
+    """
+
+    text: str
+    label: int
+    play: str
+    second: str = ""
+
+
+def _shuffled_words(line: str, rng: random.Random) -> str:
+    """The line's words (split at single spaces, punctuation stays on its word) in a new order, never the old one."""
+    words = line.split(" ")
+    order = list(range(len(words)))
+    while order == sorted(order):
+        rng.shuffle(order)
+    return " ".join(words[i] for i in order)
+
+
+def word_order_examples(plays: Sequence[Play], split: str, n_per_class: int, min_words: int = 5,
+                        max_chars: int | None = None, seed: int = 0) -> list[OrderExample]:
+    """Balanced word-order task: ``n_per_class`` lines as written (label 1) and ``n_per_class`` other lines with
+    their words permuted (label 0), from plays of ``split``, shuffled.
+
+    A permuted line has exactly the words, and so the characters, of a real line: the two classes have the same
+    distribution of bags of words, and only the order tells them apart. Lines have at least ``min_words`` distinct
+    words (at least 2) and, if given, at most ``max_chars`` characters. Introduced in Chapter 2.
+    """
+    if n_per_class < 1 or min_words < 2:
+        raise ValueError(f"n_per_class must be >= 1 and min_words >= 2, got {n_per_class} and {min_words}")
+    if max_chars is not None and max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1 or None, got {max_chars}")
+    rng = random.Random(seed)
+    lines = [(play.slug, line) for play in _split_plays(plays, split) for line in play.lines()
+             if "  " not in line and len(set(line.split(" "))) >= min_words
+             and (max_chars is None or len(line) <= max_chars)]
+    if len(lines) < 2 * n_per_class:
+        raise ValueError(f"split {split!r} has {len(lines)} lines of >= {min_words} words, fewer than the "
+                         f"2 * n_per_class = {2 * n_per_class} asked for")
+    chosen = rng.sample(lines, 2 * n_per_class)  # distinct lines: a permuted line is never shown as written too
+    examples = [OrderExample(line, 1, slug) for slug, line in chosen[:n_per_class]]
+    examples += [OrderExample(_shuffled_words(line, rng), 0, slug) for slug, line in chosen[n_per_class:]]
+    rng.shuffle(examples)
+    return examples
+
+
+def next_line_pairs(plays: Sequence[Play], split: str, n_per_class: int, max_chars: int | None = None,
+                    seed: int = 0) -> list[OrderExample]:
+    """Balanced next-line task: a line and the line that follows it (label 1), or a line and a random other line of
+    the same play that does not follow it (label 0); ``n_per_class`` of each from plays of ``split``, shuffled.
+
+    The second line is a line of the same play in both classes, so a bag of words sees the same kind of text either
+    way; what tells them apart is how the first line continues. With ``max_chars`` only pairs whose two lines hold
+    at most that many characters together are drawn. Introduced in Chapter 2.
+    """
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    if max_chars is not None and max_chars < 2:
+        raise ValueError(f"max_chars must be >= 2 or None, got {max_chars}")
+    rng = random.Random(seed)
+    lines = {p.slug: p.lines() for p in _split_plays(plays, split)}
+    slugs = sorted(lines)
+    examples = []
+    for label in (1, 0):
+        while sum(e.label == label for e in examples) < n_per_class:
+            slug = rng.choice(slugs)
+            n = len(lines[slug])
+            a = rng.randrange(n - 1)
+            first, second = lines[slug][a], lines[slug][a + 1]
+            while not label and second in (first, lines[slug][a + 1]):  # another line, not even a repeat of these
+                second = lines[slug][rng.randrange(n)]
+            if max_chars is None or len(first) + len(second) <= max_chars:
+                examples.append(OrderExample(first, label, slug, second))
+    rng.shuffle(examples)
+    return examples
