@@ -317,3 +317,23 @@ def test_finetune_loss_is_classification_plus_weighted_lm_loss():
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(finetune_loss(class_logits, labels, lm_logits, tokens, lm_weight=0.0),
                                F.cross_entropy(class_logits, labels))
+
+
+def test_continuation_log_probs_equal_one_pair_at_a_time_and_check_their_inputs():
+    from llmbook.gpt import continuation_log_probs
+
+    torch.manual_seed(0)
+    model = GPT(PRESETS["tiny"]).eval()
+    g = torch.Generator().manual_seed(1)
+    prefixes = [torch.randint(1, 50, (n,), generator=g).tolist() for n in (1, 3, 5)]
+    continuations = [torch.randint(1, 50, (n,), generator=g).tolist() for n in (4, 1, 2)]
+    scores = continuation_log_probs(model, prefixes, continuations, batch_size=2)
+    for score, p, c in zip(scores, prefixes, continuations, strict=True):
+        with torch.no_grad():
+            log_probs = model(torch.tensor([p + c]))[0].log_softmax(dim=-1)  # (T, V), one pair, no padding
+        expected = sum(log_probs[len(p) - 1 + i, token] for i, token in enumerate(c))
+        torch.testing.assert_close(score, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least one token"):
+        continuation_log_probs(model, [[]], [[1]])
+    with pytest.raises(ValueError, match="as many"):
+        continuation_log_probs(model, [[1]], [[1], [2]])

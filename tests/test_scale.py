@@ -64,3 +64,23 @@ def test_window_batches_are_a_function_of_the_step():
         random_windows(torch.arange(16), 2, 16)
     with pytest.raises(ValueError, match="1-D tensor"):
         even_windows(ids.view(10, 100), 2, 16)
+
+
+def test_pretrain_script_scales_are_chapter_2s_hyperparameters():
+    """llmbook.pretrain.SCALES restates Chapter 2's hyperparameter cell for the script; the two must not drift."""
+    import ast
+    import json
+    from pathlib import Path
+
+    from llmbook.pretrain import SCALES
+
+    notebook = json.loads((Path(__file__).resolve().parents[1] / "chapters" / "02_gpt1.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in notebook["cells"]
+                if c["cell_type"] == "code" and "chapter_hyperparameters({" in "".join(c["source"]))
+    call = next(n for n in ast.walk(ast.parse(cell)) if isinstance(n, ast.Call)
+                and getattr(n.func, "id", "") == "chapter_hyperparameters")
+    table = eval(compile(ast.Expression(call.args[0]), "hp-cell", "eval"), {"__builtins__": {}, "dict": dict})
+    names = {"steps": "pretrain_steps", "dropout": "pretrain_dropout"}
+    for scale, script in SCALES.items():
+        chapter = {**table[scale], **table[scale]["model"]}
+        assert {key: chapter[names.get(key, key)] for key in script} == script, scale

@@ -217,6 +217,35 @@ class GPT(nn.Module):
 
 
 # Fine-tuning (the paper's section 3.3): input transformations, a classification head, the combined loss.
+@torch.no_grad()
+def continuation_log_probs(model: GPT, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                           batch_size: int = 64) -> Tensor:
+    """(N,): log p(continuation | prefix) under ``model``, the sum over the continuation's tokens, for N pairs.
+
+    Each prefix must hold at least one token (a <start> token, for a text scored on its own); prefix plus continuation
+    must fit the context. Pairs are scored in padded batches: causal attention keeps the padding after a sequence
+    out of its scores. Zero-shot scoring of Chapter 2; introduced there.
+    """
+    if len(prefixes) != len(continuations) or not prefixes:
+        raise ValueError(f"prefixes and continuations must be as many and not empty, got {len(prefixes)} and "
+                         f"{len(continuations)}")
+    if any(not p for p in prefixes) or any(not c for c in continuations):
+        raise ValueError("every prefix and every continuation must hold at least one token")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    scores = []
+    for start in range(0, len(prefixes), batch_size):
+        pairs = list(zip(prefixes[start:start + batch_size], continuations[start:start + batch_size], strict=True))
+        tokens = pad_batch([[*p, *c] for p, c in pairs], pad_id=0).to(device)  # (B, T); the pad id is never read
+        log_probs = model(tokens).float().log_softmax(dim=-1)  # (B, T, V)
+        for row, (p, c) in enumerate(pairs):
+            positions = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)  # the logits that predict c
+            scores.append(log_probs[row, positions, tokens[row, positions + 1]].sum())
+    model.train(was_training)
+    return torch.stack(scores).cpu()
+
+
 def _fit(lengths: list[int], budget: int) -> list[int]:
     """Shorten the longest of several texts, one token at a time, until their lengths sum to at most ``budget``."""
     lengths = list(lengths)
