@@ -32,8 +32,8 @@ from llmbook.trainer import Trainer, TrainerConfig
 
 # Chapter 2's two scales (its hyperparameter cell): vocabulary, model, batch, steps, peak lr, warmup.
 SCALES: dict[str, dict[str, Any]] = {
-    "cpu": dict(vocab_size=2048, context_length=64, d_model=128, n_heads=4, n_layers=4, d_ff=512, batch_size=32,
-                steps=700, lr=3e-3, warmup_steps=40, dropout=0.0),
+    "cpu": dict(vocab_size=2048, context_length=64, d_model=128, n_heads=4, n_layers=3, d_ff=512, batch_size=32,
+                steps=600, lr=3e-3, warmup_steps=40, dropout=0.0),
     "gpu": dict(vocab_size=8192, context_length=256, d_model=384, n_heads=6, n_layers=6, d_ff=1536, batch_size=64,
                 steps=3000, lr=1e-3, warmup_steps=200, dropout=0.1),
 }
