@@ -396,7 +396,7 @@ def next_line_pairs(plays: Sequence[Play], split: str, n_per_class: int, max_cha
     rng = random.Random(seed)
     lines = {p.slug: p.lines() for p in _split_plays(plays, split)}
     slugs = sorted(lines)
-    examples = []
+    examples: list[OrderExample] = []
     for label in (1, 0):
         while sum(e.label == label for e in examples) < n_per_class:
             slug = rng.choice(slugs)
