@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import distributed_worker as worker
 from llmbook.gpt import GPT
 from llmbook.gpt import PRESETS as GPT_PRESETS
+from llmbook.pretrain import SCALES
 from llmbook.tokenizer import BPETokenizer
 from llmbook.trainer import load_model_weights
 
@@ -70,8 +71,9 @@ def test_the_pretraining_script_runs_under_torchrun(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 process(es) on cpu" in run.stdout and run.stdout.count("2 steps in") == 1  # rank 0 reports, once
     tokenizer = BPETokenizer.load(tmp_path)
+    shape = {k: SCALES["cpu"][k] for k in ("context_length", "d_model", "n_heads", "n_layers", "d_ff")}
     config = dataclasses.replace(GPT_PRESETS["small"], vocab_size=tokenizer.vocab_size, norm_first=True,
-                                 final_norm=True, dropout=0.0)
+                                 final_norm=True, dropout=0.0, **shape)
     model = load_model_weights(str(tmp_path / "gpt.safetensors"), GPT(config))
     _, metadata = read(tmp_path / "gpt.safetensors")
     assert metadata["step"] == "2"
