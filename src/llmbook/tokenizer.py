@@ -24,6 +24,19 @@ FILE_NAME = "tokenizer.json"
 N_BYTES = 256
 
 
+def _checked_ids(ids: Sequence[int] | Tensor, vocab_size: int) -> list[int]:
+    """``ids`` (a list or a 1-D integer tensor) as a list, every id checked to lie in [0, vocab_size)."""
+    if isinstance(ids, Tensor):
+        if ids.dim() != 1 or ids.dtype.is_floating_point:
+            raise ValueError(f"ids must be a 1-D integer tensor, got {ids.dtype} of shape {tuple(ids.shape)}")
+        ids = ids.tolist()
+    ids = list(ids)
+    bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"ids must be integers in [0, vocab_size={vocab_size}), got {bad[:5]}")
+    return ids
+
+
 class BPETokenizer:
     """A trained byte-level BPE tokenizer: ``encode`` text to ids, ``decode`` ids to text, ``save`` / ``load``.
 
@@ -65,14 +78,7 @@ class BPETokenizer:
 
     def decode(self, ids: Sequence[int] | Tensor) -> str:
         """The text of a sequence of ids (a list or a 1-D tensor); special tokens are written out."""
-        if isinstance(ids, Tensor):
-            if ids.dim() != 1 or ids.dtype.is_floating_point:
-                raise ValueError(f"ids must be a 1-D integer tensor, got {ids.dtype} of shape {tuple(ids.shape)}")
-            ids = ids.tolist()
-        ids = list(ids)
-        bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"ids must be integers in [0, vocab_size={self.vocab_size}), got {bad[:5]}")
+        ids = _checked_ids(ids, self.vocab_size)
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def save(self, directory: str | Path) -> Path:
@@ -158,14 +164,7 @@ class CharTokenizer:
 
     def decode(self, ids: Sequence[int] | Tensor) -> str:
         """The text of a sequence of ids (a list or a 1-D tensor); special tokens are written out."""
-        if isinstance(ids, Tensor):
-            if ids.dim() != 1 or ids.dtype.is_floating_point:
-                raise ValueError(f"ids must be a 1-D integer tensor, got {ids.dtype} of shape {tuple(ids.shape)}")
-            ids = ids.tolist()
-        ids = list(ids)
-        bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"ids must be integers in [0, vocab_size={self.vocab_size}), got {bad[:5]}")
+        ids = _checked_ids(ids, self.vocab_size)
         return "".join(self.pieces[i] for i in ids)
 
 
