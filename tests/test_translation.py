@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from llmbook.data.numbers import CHINESE_VOCAB, ENGLISH_VOCAB, NumberTranslation, decode_tokens
@@ -35,3 +36,13 @@ def test_train_translator_lowers_the_loss_and_records_exact_match():
     assert seen == history.eval_step == [20, 40]
     assert set(history.eval) == {"val_loss", "exact_match"} and all(0 <= m <= 1 for m in history.eval["exact_match"])
     assert sum(history.train_loss[-5:]) < 0.7 * sum(history.train_loss[:5])
+
+
+def test_per_position_accuracy_counts_each_position_over_the_references_that_reach_it():
+    from llmbook.translation import per_position_accuracy
+
+    # position 0: all 3 right; 1: "ab" wrong, "b" too short, "xya" right; 2: only "xyz" reaches it, and it is wrong
+    assert per_position_accuracy(["ab", "b", "xya"], ["ac", "bc", "xyz"]) == [1.0, 1 / 3, 0.0]
+    assert per_position_accuracy(["a"], ["abc"]) == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="as many"):
+        per_position_accuracy(["a"], [])

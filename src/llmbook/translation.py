@@ -64,3 +64,18 @@ def train_translator(model: Transformer, data: NumberTranslation, steps: int, *,
         trainer.add_callback("on_eval", on_eval)
     trainer.fit()
     return trainer
+
+
+def per_position_accuracy(predictions: list[str], references: list[str]) -> list[float]:
+    """For each output position p: the share of references longer than p whose character p the prediction has right.
+
+    A prediction shorter than its reference is wrong at the positions it lacks. Introduced in Chapter 1.
+    """
+    if len(predictions) != len(references) or not references:
+        raise ValueError(f"predictions and references must be as many and not empty, got {len(predictions)} and "
+                         f"{len(references)}")
+    accuracies = []
+    for p in range(max(map(len, references))):
+        pairs = [(pred, ref) for pred, ref in zip(predictions, references, strict=True) if len(ref) > p]
+        accuracies.append(sum(len(pred) > p and pred[p] == ref[p] for pred, ref in pairs) / len(pairs))
+    return accuracies
