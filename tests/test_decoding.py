@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from llmbook.decoding import Hypothesis, beam_search, greedy_decode, length_penalty_factor, sample
+from llmbook.decoding import Hypothesis, beam_search, beam_search_batch, greedy_decode, length_penalty_factor, sample
 
 V, EOS = 4, 3
 
@@ -144,3 +144,34 @@ def test_errors():
         greedy_decode(fn, prefix, 3, eos_id=V)
     with pytest.raises(ValueError, match="next_token_logits must return"):
         greedy_decode(lambda p: torch.zeros(V), prefix, 3)
+
+
+@pytest.mark.parametrize("width, alpha", [(1, 0.6), (3, 0.0), (3, 0.6), (8, 1.0)])
+def test_batched_beam_search_equals_one_example_at_a_time(width, alpha):
+    fn = make_scorer(5, vocab_size=6)
+    prefixes = torch.tensor([[0, 1], [2, 2], [4, 0], [1, 5]])
+
+    def batched_fn(rows: torch.Tensor) -> torch.Tensor:  # (B * width, t): each row scored on its own
+        return fn(rows)
+
+    got = beam_search_batch(batched_fn, prefixes, width, max_new_tokens=6, eos_id=EOS, length_penalty=alpha)
+    assert len(got) == len(prefixes)
+    for prefix, hyps in zip(prefixes, got, strict=True):
+        expected = beam_search(fn, prefix, width, max_new_tokens=6, eos_id=EOS, length_penalty=alpha)
+        assert [h.tokens.tolist() for h in hyps] == [h.tokens.tolist() for h in expected]
+        assert_close(torch.tensor([h.log_prob for h in hyps]), torch.tensor([h.log_prob for h in expected]))
+        assert_close(torch.tensor([h.score for h in hyps]), torch.tensor([h.score for h in expected]))
+
+
+def test_greedy_with_a_minimum_length_never_stops_early():
+    def fn(prefix):  # eos is always the most likely token, token 1 the second
+        logits = torch.zeros(prefix.shape[0], V)
+        logits[:, EOS], logits[:, 1] = 5.0, 1.0
+        return logits
+
+    out = greedy_decode(fn, torch.zeros(3, 1, dtype=torch.long), 6, eos_id=EOS, min_new_tokens=torch.tensor([0, 2, 4]))
+    assert out[:, 1:].tolist() == [[EOS] * 5, [1, 1, EOS, EOS, EOS], [1, 1, 1, 1, EOS]]  # stops once all ended
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        greedy_decode(fn, torch.zeros(1, 1, dtype=torch.long), 3, eos_id=EOS, min_new_tokens=4)
+    with pytest.raises(ValueError, match="needs an eos_id"):
+        greedy_decode(fn, torch.zeros(1, 1, dtype=torch.long), 3, min_new_tokens=1)

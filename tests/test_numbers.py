@@ -87,7 +87,20 @@ def test_max_digit_filter_for_length_generalization():
     with pytest.raises(ValueError, match="max_digits"):
         split_numbers(10, 1, 1, max_digits=16)
     with pytest.raises(ValueError, match="distinct numbers"):
-        split_numbers(10, 0, 0, max_digits=1)
+        split_numbers(10, 0, 0, max_digits=1, always_train_digits=0)
+
+
+def test_the_numbers_below_100_are_all_in_training_and_only_there():
+    held_out = SPLITS.val + SPLITS.test
+    assert set(range(1, 100)) <= set(SPLITS.train)
+    assert min(held_out) >= 100
+    assert {len(str(n)) for n in SPLITS.test} == set(range(3, 13))
+    none_forced = split_numbers(300, 50, 50, max_digits=12, always_train_digits=0, seed=0)
+    assert min(none_forced.test) < 100  # the old split: short numbers can land in test
+    with pytest.raises(ValueError, match="n_train must be >= 99"):
+        split_numbers(50, 10, 10)
+    with pytest.raises(ValueError, match="always_train_digits"):
+        split_numbers(300, 10, 10, max_digits=9, train_max_digits=2)
 
 
 @pytest.mark.parametrize("direction", ["en->zh", "zh->en"])

@@ -230,7 +230,7 @@ def test_parameter_count_closed_form_matches_presets(name):
 
 
 @pytest.mark.parametrize("change", [dict(tie_embeddings=False, tgt_vocab_size=50), dict(positions="learned"),
-                                    dict(norm_first=True), dict(activation="gelu", d_ff=48)])
+                                    dict(positions="none"), dict(norm_first=True), dict(activation="gelu", d_ff=48)])
 def test_parameter_count_closed_form_matches_each_switch(change):
     config = dataclasses.replace(TINY, **change)
     assert count_parameters(Transformer(config)) == transformer_parameter_count(config)
@@ -243,6 +243,20 @@ def test_parameter_counts_against_the_paper():
     assert abs(base / 65e6 - 1) < 0.04 and abs(big / 213e6 - 1) < 0.01
 
 
+def test_without_positions_the_source_is_a_bag_of_words():
+    # Attention is blind to order: with positions="none", shuffling the source leaves every logit unchanged, and
+    # the same shuffle changes them once positions are added.
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randint(1, 64, (2, 7), generator=g), torch.randint(1, 64, (2, 5), generator=g)
+    shuffled = src[:, torch.randperm(7, generator=g)]
+    for positions, same in (("none", True), ("sinusoidal", False)):
+        torch.manual_seed(0)
+        model = Transformer(dataclasses.replace(TINY, positions=positions)).eval()
+        with torch.no_grad():
+            moved = (model(src, tgt) - model(shuffled, tgt)).abs().max().item()
+        assert (moved < 1e-5) == same, (positions, moved)
+
+
 def test_tied_embeddings_are_one_matrix():
     model = Transformer(TINY)
     assert model.src_tok_emb.weight is model.tgt_tok_emb.weight is model.lm_head.weight
@@ -252,7 +266,7 @@ def test_tied_embeddings_are_one_matrix():
 
 @pytest.mark.parametrize("change, message", [
     (dict(n_heads=5), "divisible"), (dict(d_model=0), "d_model must be a positive integer"),
-    (dict(positions="rotary"), r"positions must be one of \('sinusoidal', 'learned'\)"),
+    (dict(positions="rotary"), r"positions must be one of \('sinusoidal', 'learned', 'none'\)"),
     (dict(activation="swish"), "activation must be one of"), (dict(attn_impl="flash"), "attn_impl must be one of"),
     (dict(dropout=1.0), r"dropout must be a real number in \[0, 1\)"), (dict(dropout="0.1"), "dropout must be a real"),
     (dict(tgt_vocab_size=50), "tie_embeddings"),

@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from llmbook.data.numbers import CHINESE_VOCAB, ENGLISH_VOCAB, NumberTranslation, decode_tokens
-from llmbook.transformer import PRESETS, Transformer
-from llmbook.translation import train_translator, translate, translate_ids
+from llmbook.decoding import beam_search
+from llmbook.transformer import PRESETS, Transformer, next_token_logits_fn
+from llmbook.translation import (
+    reference_ids,
+    sequence_log_probs,
+    train_translator,
+    translate,
+    translate_ids,
+)
 
 
 def tiny_model() -> Transformer:
@@ -46,3 +53,32 @@ def test_per_position_accuracy_counts_each_position_over_the_references_that_rea
     assert per_position_accuracy(["a"], ["abc"]) == [1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="as many"):
         per_position_accuracy(["a"], [])
+
+
+def test_sequence_log_probs_sum_the_steps_of_the_decoder_and_stop_at_eos():
+    model, data = tiny_model().eval(), NumberTranslation([7, 42, 1999, 20_000_000])
+    targets = reference_ids(data)
+    assert targets[:, 0].tolist() == [CHINESE_VOCAB.bos_id] * 4
+    assert decode_tokens(targets, CHINESE_VOCAB) == data.target_texts
+    got = sequence_log_probs(model, data, targets)
+    for b in range(len(data)):  # one token at a time through the cached-memory logits function
+        step = next_token_logits_fn(model, data.collate([b])[0])
+        row = targets[b].tolist()
+        n = row.index(CHINESE_VOCAB.eos_id) + 1
+        expected = sum(step(torch.tensor([row[:t]])).log_softmax(-1)[0, row[t]].item() for t in range(1, n))
+        assert got[b].item() == pytest.approx(expected, abs=1e-4)
+    # Beam search's own log-probability of its best hypothesis is the same number.
+    (best, *_) = beam_search(next_token_logits_fn(model, data.collate([0])[0][0]),
+                             torch.tensor([CHINESE_VOCAB.bos_id]), 3, 10, CHINESE_VOCAB.eos_id)
+    assert sequence_log_probs(model, NumberTranslation([7]), best.tokens[None]).item() == pytest.approx(
+        best.log_prob, abs=1e-4)
+    with pytest.raises(ValueError, match="BOS"):
+        sequence_log_probs(model, data, targets[:, 1:])
+
+
+def test_forced_length_translations_have_at_least_that_many_characters():
+    model, data = tiny_model(), NumberTranslation([7, 42, 1999])
+    texts = translate(model, data, min_lengths=[3, 6, 9])
+    assert [len(t) >= n for t, n in zip(texts, [3, 6, 9], strict=True)] == [True] * 3
+    with pytest.raises(ValueError, match="min_lengths"):
+        translate(model, data, min_lengths=[1])

@@ -71,12 +71,19 @@ def _extend(
     max_new_tokens: int,
     eos_id: int | None,
     choose: Callable[[Tensor], Tensor],
+    min_new_tokens: Tensor | None = None,
 ) -> Tensor:
-    """Shared loop of greedy search and sampling: append ``choose(logits)`` until max_new_tokens or all hit eos."""
+    """Shared loop of greedy search and sampling: append ``choose(logits)`` until max_new_tokens or all hit eos.
+
+    ``min_new_tokens`` (B,) forbids eos in each row until it has that many new tokens.
+    """
     tokens = prefix.long()
     finished = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)  # (B,)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         logits = _next_logits(next_token_logits, tokens, eos_id)  # (B, V)
+        if eos_id is not None and min_new_tokens is not None:
+            too_early = (step < min_new_tokens) & ~finished  # (B,)
+            logits[too_early, eos_id] = float("-inf")
         next_token = choose(logits)  # (B,)
         if eos_id is not None:
             next_token = next_token.masked_fill(finished, eos_id)  # finished rows are padded with eos
@@ -89,16 +96,29 @@ def _extend(
 
 @torch.no_grad()
 def greedy_decode(
-    next_token_logits: NextTokenLogits, prefix: Tensor, max_new_tokens: int, eos_id: int | None = None
+    next_token_logits: NextTokenLogits,
+    prefix: Tensor,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    min_new_tokens: Tensor | int | None = None,
 ) -> Tensor:
     """Append the most likely next token, step by step: (B, t0) -> (B, t0 + n), n <= max_new_tokens.
 
-    Rows that produced ``eos_id`` are padded with it; decoding stops early once every row has. Introduced in
-    Chapter 1.
+    Rows that produced ``eos_id`` are padded with it; decoding stops early once every row has. ``min_new_tokens``
+    (an int, or one per row) forbids ``eos_id`` until a row has that many new tokens: it forces the output
+    length, to separate the decision to stop from what is written. Introduced in Chapter 1.
     """
     _check_prefix(prefix, 2, "(B, t0)")
     _check_common(max_new_tokens, eos_id)
-    return _extend(next_token_logits, prefix, max_new_tokens, eos_id, lambda logits: logits.argmax(dim=-1))
+    minimum = None
+    if min_new_tokens is not None:
+        if eos_id is None:
+            raise ValueError("min_new_tokens needs an eos_id to forbid")
+        minimum = torch.as_tensor(min_new_tokens, device=prefix.device).long().expand(prefix.shape[0])  # (B,)
+        if bool((minimum < 0).any()) or bool((minimum > max_new_tokens).any()):
+            raise ValueError(f"min_new_tokens must be between 0 and max_new_tokens={max_new_tokens}, "
+                             f"got {min_new_tokens!r}")
+    return _extend(next_token_logits, prefix, max_new_tokens, eos_id, lambda logits: logits.argmax(dim=-1), minimum)
 
 
 @torch.no_grad()
@@ -180,3 +200,57 @@ def beam_search(
     hypotheses = [Hypothesis(seq, lp, lp / length_penalty_factor(n, length_penalty)) for seq, lp, n in everything]
     hypotheses.sort(key=lambda h: h.score, reverse=True)
     return hypotheses[:beam_width]
+
+
+@torch.no_grad()
+def beam_search_batch(
+    next_token_logits: NextTokenLogits,
+    prefixes: Tensor,
+    beam_width: int,
+    max_new_tokens: int,
+    eos_id: int,
+    length_penalty: float = 0.6,
+) -> list[list[Hypothesis]]:
+    """``beam_search`` for B prefixes (B, t0) at once: the same hypotheses, one decoder call per step for all.
+
+    ``next_token_logits`` receives (B * beam_width, t) prefixes, example-major (rows b * beam_width ... of example
+    b), e.g. ``next_token_logits_fn`` of the sources repeated ``beam_width`` times. Dead beam slots carry a
+    log-probability of -inf and are never chosen. Introduced in Chapter 1.
+    """
+    _check_prefix(prefixes, 2, "(B, t0)")
+    _check_common(max_new_tokens, eos_id)
+    if not isinstance(beam_width, int) or beam_width < 1:
+        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+    if length_penalty < 0:
+        raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
+    B, W = prefixes.shape[0], beam_width
+    alive = prefixes.long()[:, None, :].repeat(1, W, 1)  # (B, W, t)
+    alive_log_probs = torch.full((B, W), float("-inf"), device=prefixes.device)
+    alive_log_probs[:, 0] = 0.0  # one live beam per example at the start, as in beam_search
+    finished: list[list[tuple[Tensor, float, int]]] = [[] for _ in range(B)]
+    for step in range(1, max_new_tokens + 1):
+        t = alive.shape[2]
+        log_probs = _next_logits(next_token_logits, alive.reshape(B * W, t), eos_id).log_softmax(dim=-1)
+        V = log_probs.shape[1]
+        candidates = (alive_log_probs[:, :, None] + log_probs.view(B, W, V)).view(B, W * V)  # (B, W * V)
+        top = candidates.topk(min(W, W * V), dim=1)  # (B, k): the best one-token extensions of each example
+        beam_index, token = top.indices // V, top.indices % V  # (B, k)
+        extended = torch.cat([alive.gather(1, beam_index[:, :, None].expand(-1, -1, t)), token[:, :, None]], dim=2)
+        live = torch.isfinite(top.values)  # (B, k): False where an example had fewer live candidates
+        ended = live & (token == eos_id)
+        for b, j in ended.nonzero().tolist():
+            finished[b].append((extended[b, j], top.values[b, j].item(), step))
+        alive = extended
+        alive_log_probs = top.values.masked_fill(~live | ended, float("-inf"))
+        if not bool(torch.isfinite(alive_log_probs).any()):
+            break
+    n_alive_new = alive.shape[2] - prefixes.shape[1]
+    results = []
+    for b in range(B):
+        rest = [(alive[b, j], alive_log_probs[b, j].item(), n_alive_new) for j in range(alive.shape[1])
+                if bool(torch.isfinite(alive_log_probs[b, j]))]
+        hypotheses = [Hypothesis(seq, lp, lp / length_penalty_factor(n, length_penalty))
+                      for seq, lp, n in finished[b] + rest]
+        hypotheses.sort(key=lambda h: h.score, reverse=True)
+        results.append(hypotheses[:beam_width])
+    return results

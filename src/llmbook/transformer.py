@@ -38,7 +38,7 @@ from llmbook.decoding import NextTokenLogits
 from llmbook.layers import DecoderLayer, EncoderLayer
 from llmbook.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
-POSITIONS = ("sinusoidal", "learned")
+POSITIONS = ("sinusoidal", "learned", "none")  # "none": no position information at all (an ablation)
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,12 @@ class AttentionWeights:
     cross: list[Tensor] = field(default_factory=list)  # (B, H, T, S) each
 
 
-def _make_positions(config: TransformerConfig) -> nn.Module:
+def _make_positions(config: TransformerConfig) -> nn.Module | None:
     if config.positions == "sinusoidal":
         return SinusoidalPositionalEncoding(config.context_length, config.d_model)
-    return LearnedPositionalEmbedding(config.context_length, config.d_model)
+    if config.positions == "learned":
+        return LearnedPositionalEmbedding(config.context_length, config.d_model)
+    return None
 
 
 class Transformer(nn.Module):
@@ -173,9 +175,10 @@ class Transformer(nn.Module):
             raise ValueError(f"src_mask has batch size {src_mask.shape[0]}, but the batch has {batch_size} rows")
         check_attends_somewhere(src_mask, "src_mask", "a True (a real source token)")
 
-    def _embed(self, tokens: Tensor, tok_emb: nn.Embedding, pos: nn.Module) -> Tensor:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)  # (L,)
-        x = tok_emb(tokens) * math.sqrt(self.config.d_model) + pos(positions)  # (B, L, D)
+    def _embed(self, tokens: Tensor, tok_emb: nn.Embedding, pos: nn.Module | None) -> Tensor:
+        x = tok_emb(tokens) * math.sqrt(self.config.d_model)  # (B, L, D)
+        if pos is not None:
+            x = x + pos(torch.arange(tokens.shape[1], device=tokens.device))  # + (L, D)
         return self.dropout(x)
 
     def _encode(self, src: Tensor, src_mask: Tensor, need_weights: bool) -> tuple[Tensor, list[Tensor]]:

@@ -160,11 +160,14 @@ class NumberSplits:
 
 
 def split_numbers(n_train: int, n_val: int, n_test: int, max_digits: int = 9, train_max_digits: int | None = None,
-                  seed: int = 0) -> NumberSplits:
+                  always_train_digits: int = 2, seed: int = 0) -> NumberSplits:
     """Draw the three splits, deterministically from ``seed``; test first, so it does not change with n_train.
 
-    Numbers have 1 to ``max_digits`` digits. With ``train_max_digits=k`` (the length-generalization experiment)
-    train and validation numbers have at most k digits and test numbers k+1 to ``max_digits``. Introduced in
+    Every number of at most ``always_train_digits`` digits is in training (1 to 99 by default): they are the words
+    of the language, a closed set a translator must know, so holding some out would only test the split. The other
+    numbers have ``always_train_digits + 1`` to ``max_digits`` digits, the digit count drawn uniformly. With
+    ``train_max_digits=k`` (the length-generalization experiment) train and validation numbers have at most k digits
+    and test numbers k+1 to ``max_digits``. ``n_train`` counts the numbers always in training. Introduced in
     Chapter 1.
     """
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
@@ -175,12 +178,20 @@ def split_numbers(n_train: int, n_val: int, n_test: int, max_digits: int = 9, tr
     if train_max_digits is not None and not 1 <= train_max_digits < max_digits:
         raise ValueError(f"train_max_digits must be None or between 1 and max_digits - 1 = {max_digits - 1}, "
                          f"got {train_max_digits}")
-    rng, taken = random.Random(seed), set[int]()
     k = max_digits if train_max_digits is None else train_max_digits
-    test = _draw_distinct(rng, n_test, 1 if train_max_digits is None else k + 1, max_digits, taken)
-    val = _draw_distinct(rng, n_val, 1, k, taken)
-    train = _draw_distinct(rng, n_train, 1, k, taken)
-    return NumberSplits(tuple(train), tuple(val), tuple(test))
+    if not 0 <= always_train_digits < k:
+        raise ValueError(f"always_train_digits must be between 0 and {k - 1} (fewer digits than the training "
+                         f"numbers may have), got {always_train_digits}")
+    always = list(range(1, 10**always_train_digits))
+    if n_train < len(always):
+        raise ValueError(f"n_train must be >= {len(always)}: every number of at most always_train_digits="
+                         f"{always_train_digits} digits is in training, got {n_train}")
+    rng, taken = random.Random(seed), set(always)
+    low = always_train_digits + 1
+    test = _draw_distinct(rng, n_test, low if train_max_digits is None else k + 1, max_digits, taken)
+    val = _draw_distinct(rng, n_val, low, k, taken)
+    train = _draw_distinct(rng, n_train - len(always), low, k, taken)
+    return NumberSplits(tuple(always + train), tuple(val), tuple(test))
 
 
 def _pad(rows: list[list[int]], pad_id: int) -> Tensor:
