@@ -24,11 +24,16 @@ $(VENV)/.stamp-requirements: requirements.txt requirements-nodeps.txt pyproject.
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
-# Widget manager and MathJax, fetched from npm by pinned version (see book/fetch_vendor.sh).
+# Widget manager, MathJax and the Chinese font, fetched from npm by pinned version (see book/fetch_vendor.sh).
 book/_vendor/VERSIONS: book/fetch_vendor.sh
 	bash book/fetch_vendor.sh
 
-setup: $(VENV)/.stamp-requirements book/_vendor/VERSIONS
+# The Chinese font cut down to the CJK characters the pages use (a few KB), redone whenever a page changes.
+CJK_SOURCES := $(wildcard chapters/*.ipynb book/*.ipynb book/*.md)
+book/_vendor/cjk/chars.txt: tools/subset_cjk_font.py $(CJK_SOURCES) book/_vendor/VERSIONS $(VENV)/.stamp-requirements
+	$(PY) tools/subset_cjk_font.py $(CJK_SOURCES)
+
+setup: $(VENV)/.stamp-requirements book/_vendor/VERSIONS book/_vendor/cjk/chars.txt
 
 # --- the two commands ---------------------------------------------------------------------------------------------
 book: setup
@@ -70,4 +75,4 @@ execute: setup
 	$(PY) tools/execute_notebooks.py $(NOTEBOOKS)
 
 clean:
-	rm -rf _build book/_vendor .pytest_cache .jupyter_cache
+	rm -rf _build book/_vendor book/_fonts .pytest_cache .jupyter_cache

@@ -1,7 +1,8 @@
 """The built book in a real browser: headless Chromium (Debian's) driven by Playwright.
 
 Run after `make book`. Every page is served from 127.0.0.1 and must load with no console error and no request that
-leaves 127.0.0.1; math must render; widgets must render and respond to their controls with no kernel. The appendix
+leaves 127.0.0.1; math must render; widgets must render and respond to their controls with no kernel; Chinese characters
+must render in the book's own font (book/_static/cjk.css), Latin text in the theme's fonts as before. The appendix
 is also opened from disk (file://) to prove the book works offline.
 """
 
@@ -67,6 +68,7 @@ class PageWatch:
         self.page = context.new_page()
         self.errors: list[str] = []
         self.outside: list[str] = []
+        self.fetched: list[str] = []  # every request let through
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url} {r.failure}"))
@@ -77,6 +79,7 @@ class PageWatch:
         local = url.scheme in ("data", "blob") or (
             url.scheme == allow_scheme and (allow_scheme == "file" or url.hostname == "127.0.0.1"))
         if local:
+            self.fetched.append(route.request.url)
             route.continue_()
         else:
             self.outside.append(route.request.url)
@@ -136,8 +139,99 @@ def test_appendix_widget_works_without_a_kernel(server, browser):
 
 def test_appendix_widget_works_from_disk(browser):
     watch = PageWatch(browser, "file")
-    _check_appendix_widget(watch.open((HTML / "book" / "appendix_parameters.html").as_uri()))
+    page = watch.open((HTML / "book" / "appendix_parameters.html").as_uri())
+    _check_appendix_widget(page)
     assert not watch.outside, f"requests left the disk: {watch.outside}"
+    _book_cjk_fonts(page, "table.llmbook-table td", "亿")  # GPT-3's row: the CJK font loads from disk too
+
+
+# --- the book's Chinese font (book/_static/cjk.css, made by tools/subset_cjk_font.py) ------------------------------
+CJK_FAMILY = "LLMBook CJK"  # the @font-face family of book/_static/cjk.css
+CJK_CLASS = r"[\u2e80-\u9fff\uf900-\ufaff\ufe10-\ufe4f\uff00-\uffef]"  # CJK characters, as a JavaScript regex
+
+# Marks the first element matching a selector whose text contains `needle` (or, with no needle, that has text and
+# no CJK character at all) with data-font-probe=NAME; answers whether it found one.
+_MARK_JS = """([selector, needle, name, cjk]) => {
+  const re = new RegExp(cjk);
+  const el = [...document.querySelectorAll(selector)].find(
+    e => needle ? e.textContent.includes(needle) : e.textContent.trim() !== "" && !re.test(e.textContent));
+  if (el) el.setAttribute("data-font-probe", name);
+  return Boolean(el);
+}"""
+
+_FACES_JS = """async (family) => {
+  await document.fonts.ready;
+  return [...document.fonts].filter(f => f.family.replace(/["']/g, "") === family)
+    .map(f => ({weight: f.weight, status: f.status}));
+}"""
+
+
+def _rendered_fonts(page, selectors: dict[str, tuple[str, str | None]]) -> dict[str, dict[str, bool]]:
+    """For each named (selector, needle) probe, the fonts Chromium drew its element's text with, as reported by the
+    DevTools protocol (CSS.getPlatformFontsForNode): {PostScript name: whether it is a web font}."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    fonts = {}
+    for name, (selector, needle) in selectors.items():
+        if not page.evaluate(f"document.querySelector('[data-font-probe=\"{name}\"]') !== null"):
+            assert page.evaluate(_MARK_JS, [selector, needle, name, CJK_CLASS]), f"no {name} ({selector})"
+        root = cdp.send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": f'[data-font-probe="{name}"]'})["nodeId"]
+        used = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+        fonts[name] = {font["postScriptName"]: font["isCustomFont"] for font in used}
+    cdp.detach()
+    return fonts
+
+
+def _book_cjk_fonts(page, selector: str, needle: str) -> dict[str, bool]:
+    """The fonts of the first `selector` element showing `needle`, asserting that the book's own font drew it."""
+    fonts = _rendered_fonts(page, {"cjk": (selector, needle)})["cjk"]
+    ours = {name for name, web in fonts.items() if web and name.startswith("NotoSansSC-")}
+    assert ours, f"{needle!r} in {selector} was not drawn with the book's CJK font: {fonts}"
+    return fonts
+
+
+def test_chapter1_chinese_renders_in_the_books_font(server, browser):
+    watch = PageWatch(browser, "http")
+    page = watch.open(f"{server}/chapters/01_transformer.html")
+    faces = page.evaluate(_FACES_JS, CJK_FAMILY)
+    assert {"weight": "400", "status": "loaded"} in faces, f"{CJK_FAMILY} faces: {faces}"
+    assert page.evaluate(f"document.fonts.check('16px \"{CJK_FAMILY}\"', '两')")
+    fetched = {urlparse(url).path for url in watch.fetched if urlparse(url).hostname == "127.0.0.1"}
+    assert "/_static/cjk/LLMBookCJK-Regular.woff" in fetched, "the CJK font was not fetched from the book"
+
+    probes = {
+        "output": (".cell_output pre", "两"),  # a stored output (monospace stack)
+        "prose": ("article p", "两"),  # body text (base stack)
+        "bold": ("article strong", "两"),  # the bold face
+        "latin-output": (".cell_output pre", None),
+        "latin-prose": ("article p", None),
+        "latin-heading": ("article h1", None),
+    }
+    before = _rendered_fonts(page, probes)
+    for name in ("output", "prose"):
+        assert before[name].get("NotoSansSC-Regular") is True, f"{name}: {before[name]}"
+    assert before["bold"].get("NotoSansSC-Bold") is True, f"bold: {before['bold']}"
+
+    # Without book/_static/cjk.css the Latin text must look exactly the same, and the Chinese lose the book's font.
+    page.evaluate("document.querySelector('link[href*=\"cjk.css\"]').disabled = true; document.body.offsetHeight")
+    page.wait_for_timeout(200)
+    after = _rendered_fonts(page, probes)
+    for name in ("latin-output", "latin-prose", "latin-heading"):
+        assert not any(font.startswith("NotoSansSC-") for font in before[name]), f"{name}: {before[name]}"
+        assert before[name] == after[name], f"cjk.css changed the Latin fonts of {name}: {before[name]} {after[name]}"
+    for name in ("output", "prose", "bold"):
+        assert not any(web for web in after[name].values()), f"{name} without cjk.css: {after[name]}"
+    assert not watch.errors and not watch.outside
+
+
+def test_appendix_table_widget_renders_chinese_in_the_books_font(server, browser):
+    watch = PageWatch(browser, "http")
+    page = watch.open(f"{server}/book/appendix_parameters.html")
+    page.locator("table.llmbook-table").first.wait_for(timeout=WIDGET_RENDER_MS)
+    _book_cjk_fonts(page, ".widget-html table.llmbook-table td", "万")  # an ipywidgets HTML widget's table
+    assert not watch.errors and not watch.outside
 
 
 def _open_widget(server, browser, page_name, selector):
