@@ -133,3 +133,23 @@ def test_errors():
         MultiHeadAttention(8, 2)(torch.randn(3, 8))
     with pytest.raises(ValueError, match=r"\(B, S\)"):
         padding_mask(torch.tensor([1, 2, 0]), PAD)
+
+
+def test_weight_by_offset_reads_a_head_that_looks_one_back():
+    from llmbook.attention import weight_by_offset
+
+    T = 6
+    previous = torch.zeros(T, T)
+    previous[0, 0] = 1.0
+    previous[torch.arange(1, T), torch.arange(T - 1)] = 1.0  # every query puts all its weight on the key before it
+    weights = torch.stack([previous, torch.eye(T)])[None].expand(2, -1, -1, -1)  # (B=2, H=2, T, T)
+    real = torch.ones(2, T, dtype=torch.bool)
+    real[1, 4:] = False  # the second sequence has 4 real tokens
+    by_offset = weight_by_offset(weights, real, max_offset=2)  # (H, 5): offsets -2 .. 2
+    assert by_offset.shape == (2, 5)
+    torch.testing.assert_close(by_offset[1], torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]))
+    assert by_offset[0, 1] == 1.0 and by_offset[0, 3] == 0.0  # offset -1 always, never +1
+    with pytest.raises(ValueError, match="smaller max_offset"):
+        weight_by_offset(weights, real, max_offset=T)
+    with pytest.raises(ValueError, match=r"\(B, H, T, T\)"):
+        weight_by_offset(weights[:, :, :3], real, max_offset=1)

@@ -82,3 +82,21 @@ def test_forced_length_translations_have_at_least_that_many_characters():
     assert [len(t) >= n for t, n in zip(texts, [3, 6, 9], strict=True)] == [True] * 3
     with pytest.raises(ValueError, match="min_lengths"):
         translate(model, data, min_lengths=[1])
+
+
+def test_encoder_states_are_the_residual_stream_at_real_tokens():
+    from llmbook.translation import encoder_states
+
+    model, data = tiny_model().eval(), NumberTranslation([7, 1999, 20_000_000])
+    states, tokens, positions = encoder_states(model, data)
+    n_real = sum(len(s) for s in data.sources)
+    assert len(states) == 1 + model.config.n_layers and all(s.shape == (n_real, 32) for s in states)
+    assert tokens.tolist() == [t for s in data.sources for t in s]
+    assert positions.tolist() == [p for s in data.sources for p in range(len(s))]
+    src = data.collate(range(3))[0]
+    with torch.no_grad():
+        memory = model.encode(src)
+    torch.testing.assert_close(states[-1], memory[src != 0])  # post-LN: the last state is the encoder's output
+    scale = model.config.d_model ** 0.5
+    torch.testing.assert_close(states[0], (model.src_tok_emb(src) * scale + model.src_pos(torch.arange(src.shape[1])))[
+        src != 0])

@@ -56,8 +56,9 @@ def test_frames_become_widgets():
 
 def test_frame_grid_nests_stacks():
     frames = [[f"{r}{c}" for c in "abc"] for r in "xy"]
-    w = frame_grid(frames, ["x", "y"], ["a", "b", "c"], "row", "col")
-    (row_control, col_control), outer = w.children[0].children, w.children[1]
+    w = frame_grid(frames, ["x", "y"], ["a", "b", "c"], "row", "col", row_index=1, col_index=2)
+    row_control, col_control, outer = w.children  # the two controls one above the other, then the frames
+    assert (row_control.index, col_control.index) == (1, 2)  # opens on frames[1][2]
     assert len(outer.children) == 2 and all(len(inner.children) == 3 for inner in outer.children)
     assert outer.children[1].children[2].value == "yc"
     assert _link_sources(outer) == [(f"IPY_MODEL_{row_control.model_id}", "index")]
@@ -93,7 +94,10 @@ def test_html_heatmap_colours_by_value():
     assert ">1.00</tr>" in page and ">0.25</tr>" in page  # no optional </td>
     darkest, lightest = page.split("<td")[2], page.split("<td")[1]  # the cells holding 1.0 and 0.0
     assert "class=dark" in darkest and "class=" not in lightest  # white ink on dark cells (llmbook.css)
-    assert "background:#" in darkest and "width" not in page  # only the colour is inline
+    table, scale = page.split("</table>")
+    assert "background:#" in darkest and "width" not in table  # only the colour is inline
+    assert 'class="llmbook-scale"><span>0</span>' in scale and "<span>1</span></div>" in scale  # vmin .. vmax bar
+    assert "</table>" in html_heatmap([[1.0]], ["a"], ["b"], scale=False)[-8:]
     with pytest.raises(ValueError, match="shape"):
         html_heatmap([[1.0, 2.0]], ["a", "b"], ["c"])
 

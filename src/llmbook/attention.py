@@ -34,6 +34,32 @@ def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     return (tokens != pad_id)[:, None, None, :]
 
 
+def weight_by_offset(weights: Tensor, real: Tensor, max_offset: int) -> Tensor:
+    """Mean attention weight on the key at each offset (key position - query position) from -max_offset to
+    +max_offset: (B, H, T, T) self-attention weights -> (H, 2 * max_offset + 1).
+
+    ``real`` (B, T) is True on real tokens; only real (query, key) pairs at that offset count. A head that scores
+    keys by their offset shows one high entry at every query position. Introduced in Chapter 1.
+    """
+    if weights.dim() != 4 or weights.shape[-1] != weights.shape[-2] or real.shape != (weights.shape[0],
+                                                                                        weights.shape[2]):
+        raise ValueError(f"weights must be (B, H, T, T) self-attention and real (B, T), got {tuple(weights.shape)} "
+                         f"and {tuple(real.shape)}")
+    if not isinstance(max_offset, int) or max_offset < 0:
+        raise ValueError(f"max_offset must be an integer >= 0, got {max_offset!r}")
+    T = weights.shape[-1]
+    offset = torch.arange(T, device=weights.device)[None, :] - torch.arange(T, device=weights.device)[:, None]
+    pairs = (real[:, :, None] & real[:, None, :]).to(weights.dtype)  # (B, T, T): both query and key are real
+    rows = []
+    for k in range(-max_offset, max_offset + 1):
+        at_k = pairs * (offset == k)  # (B, T, T)
+        n = at_k.sum()
+        if n == 0:
+            raise ValueError(f"no pair of real tokens is {k} positions apart: use a smaller max_offset")
+        rows.append((weights * at_k[:, None]).sum(dim=(0, 2, 3)) / n)  # (H,)
+    return torch.stack(rows, dim=1)  # (H, 2 * max_offset + 1)
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,

@@ -248,6 +248,19 @@ class Transformer(nn.Module):
         """src (B, S), tgt (B, T) -> the decoder's last output (B, T, D) (after its final LayerNorm, if any)."""
         return self._run(src, tgt, need_weights=False)[0]
 
+    def encoder_layer_states(self, src: Tensor) -> list[Tensor]:
+        """src (B, S) -> [the encoder's input (embedding + positions), each encoder layer's output], each (B, S, D).
+
+        In post-LN these are the residual stream itself; in pre-LN the last one is before the final LayerNorm.
+        """
+        src_mask = self.source_mask(src)
+        x = self._embed(src, self.src_tok_emb, self.src_pos)  # (B, S, D)
+        states = [x]
+        for layer in self.encoder_layers:
+            x = layer(x, mask=src_mask)[0]
+            states.append(x)
+        return states
+
     def attention_weights(self, src: Tensor, tgt: Tensor) -> AttentionWeights:
         """src (B, S), tgt (B, T) -> every attention map of the forward pass, one (B, H, ., .) tensor per layer.
 

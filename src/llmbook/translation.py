@@ -120,3 +120,23 @@ def per_position_accuracy(predictions: list[str], references: list[str]) -> list
         pairs = [(pred, ref) for pred, ref in zip(predictions, references, strict=True) if len(ref) > p]
         accuracies.append(sum(len(pred) > p and pred[p] == ref[p] for pred, ref in pairs) / len(pairs))
     return accuracies
+
+
+@torch.no_grad()
+def encoder_states(model: Transformer,
+                   data: NumberTranslation) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The encoder's input (token embedding + position) and every encoder layer's output, at the real source tokens.
+
+    Returns (states, tokens, positions): ``states`` is a list of (N, D) tensors, input first, N = the number of
+    real (non-pad) source tokens of ``data``; ``tokens`` and ``positions`` (N,) label each row, for probes.
+    On the CPU. Introduced in Chapter 1.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    src = data.collate(range(len(data)))[0].to(device)  # (B, S)
+    states = model.encoder_layer_states(src)
+    model.train(was_training)
+    real = src != model.config.pad_id  # (B, S)
+    positions = torch.arange(src.shape[1], device=device).expand_as(src)
+    return [s[real].cpu() for s in states], src[real].cpu(), positions[real].cpu()

@@ -26,8 +26,10 @@ import ipywidgets as widgets
 HAS_STACK = hasattr(widgets, "Stack")
 
 
-def figure_to_widget(fig: Any, dpi: int = 80) -> widgets.Image:
-    """A matplotlib figure as a PNG ``Image`` widget; the figure is closed so the notebook does not show it twice."""
+def figure_to_widget(fig: Any, dpi: int = 150) -> widgets.Image:
+    """A matplotlib figure as a PNG ``Image`` widget; the figure is closed so the notebook does not show it twice.
+
+    150 dpi is print quality, and sharp on high-density screens."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -54,11 +56,13 @@ def html_heatmap(
     vmax: float | None = None,
     cmap: str = "Blues",
     digits: int | None = None,
+    scale: bool = True,
 ) -> str:
     """A matrix (e.g. attention weights, rows = queries) as an HTML table of coloured cells.
 
     HTML rather than an image: labels in any script (Chinese characters included) use the reader's fonts, and the
-    page stays small. ``digits`` prints each value in its cell.
+    page stays small. ``digits`` prints each value in its cell; ``scale`` adds a colour bar from vmin to vmax
+    under the table.
     """
     import matplotlib
     import numpy as np
@@ -84,7 +88,12 @@ def html_heatmap(
             cells.append(f"<td{ink} style=background:{color} title={value:.3f}>{text}")
         rows.append(f'<tr><th class="row">{html.escape(str(label))}</th>' + "".join(cells) + "</tr>")
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
-    return f'<table class="llmbook-heatmap">{caption}{head}{"".join(rows)}</table>'
+    table = f'<table class="llmbook-heatmap">{caption}{head}{"".join(rows)}</table>'
+    if not scale:
+        return table
+    stops = ",".join(matplotlib.colors.to_hex(colormap(0.05 + 0.95 * t)) for t in np.linspace(0, 1, 5))
+    return (f'{table}<div class="llmbook-scale"><span>{lo:.3g}</span><span class="bar" '
+            f'style="background:linear-gradient(to right,{stops})"></span><span>{hi:.3g}</span></div>')
 
 
 def to_widget(frame: Any) -> widgets.Widget:
@@ -154,14 +163,16 @@ def frame_grid(
     col_description: str = "",
     row_control: str = "slider",
     col_control: str = "slider",
+    row_index: int = 0,
+    col_index: int = 0,
 ) -> widgets.VBox:
     """Two controls choosing ``frames[row][col]`` (e.g. layer x head) through nested stacks; works on the static
-    page."""
+    page. The grid opens on ``frames[row_index][col_index]``; the controls sit one above the other."""
     if len(frames) != len(row_labels) or any(len(row) != len(col_labels) for row in frames):
         raise ValueError(
             f"frames must be a {len(row_labels)} x {len(col_labels)} grid (row_labels x col_labels)"
         )
-    row_selector = _control(row_labels, row_description, row_control, 0)
-    col_selector = _control(col_labels, col_description, col_control, 0)
+    row_selector = _control(row_labels, row_description, row_control, row_index)
+    col_selector = _control(col_labels, col_description, col_control, col_index)
     inner = [_stack([to_widget(f) for f in row], col_selector) for row in frames]
-    return widgets.VBox([widgets.HBox([row_selector, col_selector]), _stack(inner, row_selector)])
+    return widgets.VBox([row_selector, col_selector, _stack(inner, row_selector)])
