@@ -11,6 +11,7 @@ from llmbook.data.numbers import CHINESE_VOCAB, ENGLISH_VOCAB, NumberTranslation
 from llmbook.decoding import beam_search
 from llmbook.transformer import PRESETS, Transformer, next_token_logits_fn
 from llmbook.translation import (
+    beam_translate,
     reference_ids,
     sequence_log_probs,
     train_translator,
@@ -100,3 +101,15 @@ def test_encoder_states_are_the_residual_stream_at_real_tokens():
     scale = model.config.d_model ** 0.5
     torch.testing.assert_close(states[0], (model.src_tok_emb(src) * scale + model.src_pos(torch.arange(src.shape[1])))[
         src != 0])
+
+
+@pytest.mark.parametrize("width, alpha", [(1, 0.6), (3, 0.0), (3, 0.6)])
+def test_beam_translate_equals_beam_search_one_number_at_a_time(width, alpha):
+    model, data = tiny_model().eval(), NumberTranslation([7, 42, 1999, 20_000_000])
+    got = beam_translate(model, data, width, alpha, max_new_tokens=8)
+    src = data.collate(range(len(data)))[0]
+    bos = torch.tensor([CHINESE_VOCAB.bos_id])
+    for i, hyp in enumerate(got):
+        (best, *_) = beam_search(next_token_logits_fn(model, src[i]), bos, width, 8, CHINESE_VOCAB.eos_id, alpha)
+        assert hyp.tokens.tolist() == best.tokens.tolist()
+        assert hyp.log_prob == pytest.approx(best.log_prob, abs=1e-4)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from llmbook.data.numbers import NumberTranslation, decode_tokens, exact_match
-from llmbook.decoding import greedy_decode
+from llmbook.decoding import Hypothesis, beam_search_batch, greedy_decode
 from llmbook.trainer import Trainer, TrainerConfig, make_loss_fn
 from llmbook.transformer import Transformer, next_token_logits_fn
 
@@ -41,6 +41,25 @@ def translate_ids(model: Transformer, data: NumberTranslation, max_new_tokens: i
 def translate(model: Transformer, data: NumberTranslation, min_lengths: Sequence[int] | None = None) -> list[str]:
     """Greedy translations of every source of ``data``, as text. Introduced in Chapter 1."""
     return decode_tokens(translate_ids(model, data, min_lengths=min_lengths), data.tgt_vocab)
+
+
+def beam_translate(model: Transformer, data: NumberTranslation, beam_width: int, length_penalty: float = 0.6,
+                   max_new_tokens: int = 24) -> list[Hypothesis]:
+    """The best beam-search hypothesis for every source of ``data`` (all searched at once), tokens on the CPU.
+
+    ``length_penalty`` is GNMT's alpha (0 ranks by log-probability alone). Runs in eval mode and restores the mode.
+    Introduced in Chapter 1.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    src = data.collate(range(len(data)))[0].to(device)  # (B, S)
+    logits_fn = next_token_logits_fn(model, src.repeat_interleave(beam_width, dim=0))  # (B * width) rows
+    bos = torch.full((len(data), 1), data.tgt_vocab.bos_id, device=device)
+    best = [hyps[0] for hyps in beam_search_batch(logits_fn, bos, beam_width, max_new_tokens,
+                                                  data.tgt_vocab.eos_id, length_penalty)]
+    model.train(was_training)
+    return [Hypothesis(h.tokens.cpu(), h.log_prob, h.score) for h in best]
 
 
 @torch.no_grad()
