@@ -72,7 +72,7 @@ def test_splits_are_disjoint_and_deterministic():
     assert (len(train), len(val), len(test)) == (300, 50, 50)  # distinct within each split
     assert not (train & val or train & test or val & test)
     assert split_numbers(300, 50, 50, max_digits=12, seed=1) != SPLITS
-    assert split_numbers(100, 50, 50, max_digits=12, seed=0).test == SPLITS.test  # test set is fixed first
+    assert split_numbers(200, 50, 50, max_digits=12, seed=0).test == SPLITS.test  # test set is fixed first
     lengths = {len(str(n)) for n in SPLITS.train}
     assert lengths == set(range(1, 13))  # every digit count appears
     assert sum(str(n).endswith("000") for n in SPLITS.train) > 60  # round counts are common
@@ -92,13 +92,16 @@ def test_max_digit_filter_for_length_generalization():
 
 def test_the_numbers_below_100_are_all_in_training_and_only_there():
     held_out = SPLITS.val + SPLITS.test
-    assert set(range(1, 100)) <= set(SPLITS.train)
-    assert min(held_out) >= 100
+    round_numbers = {d * 10**z for z in range(12) for d in range(1, 10)}  # one non-zero digit: 5,000, 80,000
+    assert set(range(1, 100)) | round_numbers <= set(SPLITS.train)
+    assert min(held_out) >= 100 and not round_numbers & set(held_out)
     assert {len(str(n)) for n in SPLITS.test} == set(range(3, 13))
     none_forced = split_numbers(300, 50, 50, max_digits=12, always_train_digits=0, seed=0)
     assert min(none_forced.test) < 100  # the old split: short numbers can land in test
     with pytest.raises(ValueError, match="n_train must be >= 99"):
-        split_numbers(50, 10, 10)
+        split_numbers(50, 10, 10, always_train_round=False)
+    with pytest.raises(ValueError, match=r"n_train must be >= 162: .* one non-zero digit"):
+        split_numbers(150, 10, 10)  # 99 + 9 round numbers for each of 3 to 9 digits
     with pytest.raises(ValueError, match="always_train_digits"):
         split_numbers(300, 10, 10, max_digits=9, train_max_digits=2)
 

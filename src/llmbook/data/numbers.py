@@ -160,12 +160,14 @@ class NumberSplits:
 
 
 def split_numbers(n_train: int, n_val: int, n_test: int, max_digits: int = 9, train_max_digits: int | None = None,
-                  always_train_digits: int = 2, seed: int = 0) -> NumberSplits:
+                  always_train_digits: int = 2, always_train_round: bool = True, seed: int = 0) -> NumberSplits:
     """Draw the three splits, deterministically from ``seed``; test first, so it does not change with n_train.
 
     Every number of at most ``always_train_digits`` digits is in training (1 to 99 by default): they are the words
-    of the language, a closed set a translator must know, so holding some out would only test the split. The other
-    numbers have ``always_train_digits + 1`` to ``max_digits`` digits, the digit count drawn uniformly. With
+    of the language, a closed set a translator must know, so holding some out would only test the split. So, with
+    ``always_train_round``, is every number with one non-zero digit (5,000, 80,000, 700,000,000): only 9 exist per
+    digit count, and a held-out split drawn first would take most of them. The other numbers have
+    ``always_train_digits + 1`` to ``max_digits`` digits, the digit count drawn uniformly. With
     ``train_max_digits=k`` (the length-generalization experiment) train and validation numbers have at most k digits
     and test numbers k+1 to ``max_digits``. ``n_train`` counts the numbers always in training. Introduced in
     Chapter 1.
@@ -183,9 +185,13 @@ def split_numbers(n_train: int, n_val: int, n_test: int, max_digits: int = 9, tr
         raise ValueError(f"always_train_digits must be between 0 and {k - 1} (fewer digits than the training "
                          f"numbers may have), got {always_train_digits}")
     always = list(range(1, 10**always_train_digits))
+    if always_train_round:
+        always += [d * 10**z for z in range(max(1, always_train_digits), k) for d in range(1, 10)
+                   if d * 10**z >= 10**always_train_digits]
     if n_train < len(always):
         raise ValueError(f"n_train must be >= {len(always)}: every number of at most always_train_digits="
-                         f"{always_train_digits} digits is in training, got {n_train}")
+                         f"{always_train_digits} digits{' and with one non-zero digit' if always_train_round else ''} "
+                         f"is in training, got {n_train}")
     rng, taken = random.Random(seed), set(always)
     low = always_train_digits + 1
     test = _draw_distinct(rng, n_test, low if train_max_digits is None else k + 1, max_digits, taken)
