@@ -2,6 +2,7 @@
 and passes what the portable check (tests/nbcheck.py) needs of it."""
 
 import hashlib
+import unicodedata
 
 import pytest
 import yaml
@@ -73,6 +74,29 @@ def test_stored_widget_ids_are_deterministic():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebooks_stay_under_1_mb(path):  # the built pages are checked in tests/browser
     assert path.stat().st_size < 1_000_000, f"{path.name} is {path.stat().st_size / 1e6:.2f} MB"
+
+
+# The page's code column holds about 80 characters at a 1,280-pixel window: longer lines are cut off (they scroll).
+# The chapters listed here keep their code and printed text within it (a Chinese character is two columns wide in
+# a monospaced font); the setup cell (a URL) is exempt.
+FITS_THE_PAGE = ["chapters/01_transformer.ipynb"]
+PAGE_WIDTH = 80
+
+
+def display_width(line: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
+
+
+@pytest.mark.parametrize("name", FITS_THE_PAGE)
+def test_code_and_printed_text_fit_the_page(name):
+    cells = [c for c in load(ROOT / name)["cells"] if c["cell_type"] == "code"][1:]
+    wide = []
+    for cell in cells:
+        lines = "".join(cell["source"]).splitlines()
+        for output in cell.get("outputs", []):
+            lines += "".join(output.get("text", "")).splitlines()
+        wide += [line for line in lines if display_width(line) > PAGE_WIDTH]
+    assert not wide, f"{len(wide)} lines wider than {PAGE_WIDTH} characters, e.g. {wide[:3]}"
 
 
 def test_the_check_compares_at_least_80_percent_of_cells_with_output():
