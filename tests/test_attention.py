@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
-from llmbook.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
+from llmbook.attention import KVCache, MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
 
 B, H, T, S, D, PAD = 2, 4, 5, 6, 16, 0
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -60,8 +60,48 @@ def test_is_causal_equals_the_causal_mask(impl, padding):
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out, _ = scaled_dot_product_attention(q, k, v, pad, impl=impl, is_causal=True)
     assert_close(out, expected, **TOL)
-    with pytest.raises(ValueError, match="is_causal needs as many queries as keys, got 3 and 5"):
-        scaled_dot_product_attention(q[:, :, :3], k[:, :, :5], v[:, :, :5], impl=impl, is_causal=True)
+    with pytest.raises(ValueError, match="is_causal needs at most as many queries as keys, got 5 and 3"):
+        scaled_dot_product_attention(q, k[:, :, :3], v[:, :, :3], impl=impl, is_causal=True)
+
+
+def test_causal_mask_of_the_last_queries_counts_the_diagonal_from_the_lower_right():
+    assert causal_mask(2, S=4).tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert torch.equal(causal_mask(4, S=4), causal_mask(4))
+    assert torch.equal(causal_mask(3, S=5), causal_mask(5)[2:])  # the last 3 rows of the full mask
+    with pytest.raises(ValueError, match=r"S \(keys\) must be >= T"):
+        causal_mask(3, S=2)
+
+
+@pytest.mark.parametrize("impl", ["manual", "fused"])
+@pytest.mark.parametrize("n_queries", [1, 3])
+def test_is_causal_with_fewer_queries_is_the_last_rows_of_full_attention(impl, n_queries):
+    # After a KV cache the queries are the last positions: their outputs are the last rows of full attention.
+    torch.manual_seed(3)
+    q, k, v = torch.randn(B, H, T, 8), torch.randn(B, H, T, 8), torch.randn(B, H, T, 8)
+    full, full_w = scaled_dot_product_attention(q, k, v, impl="manual", is_causal=True, need_weights=True)
+    last, _ = scaled_dot_product_attention(q[:, :, -n_queries:], k, v, impl=impl, is_causal=True)
+    assert_close(last, full[:, :, -n_queries:], **TOL)
+    _, last_w = scaled_dot_product_attention(q[:, :, -n_queries:], k, v, is_causal=True, need_weights=True)
+    assert_close(last_w, full_w[:, :, -n_queries:], **TOL)
+
+
+@pytest.mark.parametrize("impl", ["manual", "fused"])
+def test_kv_cache_one_position_at_a_time_equals_self_attention_over_all(impl):
+    torch.manual_seed(4)
+    attn = MultiHeadAttention(D, H, attn_impl=impl).eval()
+    x = torch.randn(B, T, D)
+    with torch.no_grad():
+        expected, _ = attn(x, is_causal=True)
+        cache = KVCache()
+        first, _ = attn(x[:, :2], is_causal=True, cache=cache)  # a prompt of 2, then one position at a time
+        steps = [first] + [attn(x[:, t:t + 1], is_causal=True, cache=cache)[0] for t in range(2, T)]
+    assert cache.length == T and cache.keys is not None and cache.keys.shape == (B, H, T, D // H)
+    assert_close(torch.cat(steps, dim=1), expected, **TOL)
+    assert_close(cache.keys, attn._split_heads(attn.W_k(x)), **TOL)  # the cache holds every position's keys
+    with pytest.raises(ValueError, match="batch and heads"):
+        cache.append(torch.zeros(1, H, 1, D // H), torch.zeros(1, H, 1, D // H))
+    with pytest.raises(ValueError, match="cache is for self-attention"):
+        attn(x, context=x, cache=KVCache())
 
 
 def test_bfloat16_on_the_cpu_takes_the_manual_path_with_the_same_result():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from llmbook.attention import causal_mask, padding_mask
+from llmbook.attention import KVCache, causal_mask, padding_mask
 from llmbook.config import count_parameters
 from llmbook.layers import DecoderLayer, EncoderLayer, FeedForward
 from llmbook.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoidal_encoding
@@ -80,6 +80,21 @@ def test_decoder_layer_equals_torch(norm_first, impl):
     assert self_w.shape == (B, H, T, T) and cross_w.shape == (B, H, T, S)
     assert bool((self_w.triu(diagonal=1) == 0).all())  # causal: no weight on later positions
     assert bool((cross_w[1, :, :, -2:] == 0).all())  # no weight on source padding
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_layer_with_a_kv_cache_equals_the_causal_layer_over_all_positions(norm_first):
+    torch.manual_seed(5)
+    layer = EncoderLayer(D, H, D_FF, norm_first=norm_first).eval()
+    randomize_layer_norms(layer)
+    x = torch.randn(B, 7, D)
+    with torch.no_grad():
+        expected, _ = layer(x, is_causal=True)
+        cache = KVCache()
+        steps = [layer(x[:, :3], is_causal=True, cache=cache)[0]]
+        steps += [layer(x[:, t:t + 1], is_causal=True, cache=cache)[0] for t in range(3, 7)]
+    assert cache.length == 7
+    assert_close(torch.cat(steps, dim=1), expected, **TOL)
 
 
 def test_layers_are_deterministic_in_eval_and_dropout_acts_in_train():

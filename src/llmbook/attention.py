@@ -3,6 +3,9 @@
 Mask convention, used everywhere in llmbook: a boolean mask where ``True`` means "this query may attend to this
 key". It matches ``F.scaled_dot_product_attention`` and is the opposite of ``nn.MultiheadAttention``, whose masks
 mark blocked positions. Masks broadcast against the attention scores of shape (B, H, T, S).
+
+A ``KVCache`` keeps the keys and values a self-attention layer has computed, so that decoding one more token
+computes one query, one key and one value per layer instead of the whole prefix again (Chapter 4).
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ from torch import Tensor, nn
 ATTN_IMPLS = ("manual", "fused")
 
 
-def causal_mask(T: int, device: torch.device | str | None = None) -> Tensor:
+def causal_mask(T: int, device: torch.device | str | None = None, S: int | None = None) -> Tensor:
     """(T, T) boolean mask, True on and below the diagonal: position t sees positions 0..t only.
 
+    With ``S`` keys (S >= T), the (T, S) mask of the last T of S positions (the queries after a ``KVCache``): query
+    i sits at position S - T + i and sees keys 0..S - T + i, the diagonal counted from the lower right corner.
     Introduced in Chapter 1.
     """
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    S = T if S is None else S
+    if S < T:
+        raise ValueError(f"S (keys) must be >= T (queries), got S={S} and T={T}")
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)  # (T, S)
 
 
 def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
@@ -75,7 +83,8 @@ def scaled_dot_product_attention(
     q: (..., T, Dh), k: (..., S, Dh), v: (..., S, Dv); mask broadcastable to (..., T, S), True = may attend.
     ``is_causal=True`` adds the causal mask (query t sees keys 0..t). Without another mask the fused path then
     builds no mask tensor, which lets PyTorch pick its causal kernels (on GPUs the flash kernels, which a mask
-    tensor rules out and which skip the blocks above the diagonal).
+    tensor rules out and which skip the blocks above the diagonal). With fewer queries than keys (T < S, after a
+    ``KVCache``) the queries are the last T positions (``causal_mask(T, S=S)``); a single query sees every key.
     ``impl="manual"`` is the teaching path and can return the attention weights; ``impl="fused"`` calls
     ``F.scaled_dot_product_attention`` (same result, faster, no weights). Introduced in Chapter 1.
     """
@@ -88,13 +97,16 @@ def scaled_dot_product_attention(
     # In bfloat16 on the CPU, PyTorch's fused kernel is slower than the two matmuls of the manual path (its backward
     # took 4x its float32 time at Chapter 2's shapes), so bfloat16 on the CPU computes the formula below.
     fused = impl == "fused" and not need_weights and not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+    T, S = q.shape[-2], k.shape[-2]
     if is_causal:
-        if q.shape[-2] != k.shape[-2]:
-            raise ValueError(f"is_causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
-        if fused and mask is None:
+        if T > S:
+            raise ValueError(f"is_causal needs at most as many queries as keys, got {T} and {S}")
+        if fused and mask is None and T == S:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True), None
-        causal = causal_mask(q.shape[-2], device=q.device)
-        mask = causal if mask is None else mask & causal
+        if T > 1:  # (F.scaled_dot_product_attention's own is_causal counts the diagonal from the upper left)
+            causal = causal_mask(T, device=q.device, S=S)  # (T, S)
+            mask = causal if mask is None else mask & causal
+        # T == 1 < S: the one query is the last position, which sees every key: no mask to add.
     if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
 
@@ -105,6 +117,36 @@ def scaled_dot_product_attention(
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ v, (weights if need_weights else None)
+
+
+class KVCache:
+    """The keys and values (B, H, S, Dh) one self-attention layer has computed so far; empty at first.
+
+    ``append`` adds those of T new positions and returns all of them, (B, H, S + T, Dh) each: a decoding step then
+    projects only its new tokens. The cache grows by concatenation (simple, and a copy per step). Introduced in
+    Chapter 4.
+    """
+
+    def __init__(self) -> None:
+        self.keys: Tensor | None = None  # (B, H, S, Dh)
+        self.values: Tensor | None = None  # (B, H, S, Dh)
+
+    @property
+    def length(self) -> int:
+        """S, the number of positions cached."""
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """k, v: (B, H, T, Dh) of T new positions -> the cached and new keys and values, (B, H, S + T, Dh) each."""
+        if self.keys is None or self.values is None:
+            self.keys, self.values = k, v
+        else:
+            if k.shape[:2] != self.keys.shape[:2]:
+                raise ValueError(f"new keys have batch and heads {tuple(k.shape[:2])}, the cache "
+                                 f"{tuple(self.keys.shape[:2])}")
+            self.keys = torch.cat([self.keys, k], dim=2)  # (B, H, S + T, Dh)
+            self.values = torch.cat([self.values, v], dim=2)
+        return self.keys, self.values
 
 
 class MultiHeadAttention(nn.Module):
@@ -137,19 +179,25 @@ class MultiHeadAttention(nn.Module):
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, need_weights: bool = False,
-        is_causal: bool = False,
+        is_causal: bool = False, cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x: (B, T, D), context: (B, S, D) or None. Returns (B, T, D) and, if asked, weights (B, H, T, S).
 
-        ``is_causal`` adds the causal mask to ``mask`` (see ``scaled_dot_product_attention``).
+        ``is_causal`` adds the causal mask to ``mask`` (see ``scaled_dot_product_attention``). With a ``cache``
+        (self-attention only), x holds the T positions after the S cached ones: their keys and values join the
+        cache and the queries attend over all S + T (weights (B, H, T, S + T)).
         """
         if x.dim() != 3:
             raise ValueError(f"x must have shape (B, T, D), got {tuple(x.shape)}")
+        if cache is not None and context is not None:
+            raise ValueError("cache is for self-attention: pass context=None with a cache")
         context = x if context is None else context
         B, T, D = x.shape
         q = self._split_heads(self.W_q(x))  # (B, H, T, Dh)
         k = self._split_heads(self.W_k(context))  # (B, H, S, Dh)
         v = self._split_heads(self.W_v(context))  # (B, H, S, Dh)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, S + T, Dh): the cached positions, then these
         out, weights = scaled_dot_product_attention(
             q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights, impl=self.attn_impl, is_causal=is_causal,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmbook.attention import MultiHeadAttention
+from llmbook.attention import KVCache, MultiHeadAttention
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -62,20 +62,24 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False, is_causal: bool = False
+        self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False, is_causal: bool = False,
+        cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x: (B, T, D), mask broadcastable to (B, H, T, T). Returns (B, T, D) and the weights if asked.
 
         ``is_causal`` adds the causal mask to ``mask``: GPT's blocks are this layer with ``is_causal=True``.
+        ``cache`` holds the keys and values of the positions before x (see ``MultiHeadAttention``); the layer
+        adds those of x to it. Every other sub-layer acts on each position alone, so it needs no cache.
 
         ``need_weights`` is the layer's internal switch; models expose the weights through ``attention_weights``.
         """
         if self.norm_first:
-            a, weights = self.self_attn(self.norm1(x), mask=mask, need_weights=need_weights, is_causal=is_causal)
+            a, weights = self.self_attn(self.norm1(x), mask=mask, need_weights=need_weights, is_causal=is_causal,
+                                        cache=cache)
             x = x + self.dropout(a)
             x = x + self.dropout(self.ff(self.norm2(x)))
         else:
-            a, weights = self.self_attn(x, mask=mask, need_weights=need_weights, is_causal=is_causal)
+            a, weights = self.self_attn(x, mask=mask, need_weights=need_weights, is_causal=is_causal, cache=cache)
             x = self.norm1(x + self.dropout(a))
             x = self.norm2(x + self.dropout(self.ff(x)))
         return x, weights
