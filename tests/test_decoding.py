@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from llmbook.decoding import Hypothesis, beam_search, beam_search_batch, greedy_decode, length_penalty_factor, sample
+from llmbook.decoding import (
+    Hypothesis,
+    beam_search,
+    beam_search_batch,
+    filter_logits,
+    greedy_decode,
+    length_penalty_factor,
+    sample,
+)
 
 V, EOS = 4, 3
 
@@ -124,6 +132,68 @@ def test_sampling_frequencies_follow_the_tempered_top_k_distribution(temperature
     assert_close(frequencies, expected.softmax(-1), atol=0.01, rtol=0)
 
 
+def nucleus(probs: list[float], p: float) -> list[float]:
+    """Oracle: walk the tokens from the most likely, keep them until their mass reaches p, renormalise."""
+    kept, mass = set(), 0.0
+    for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
+        if mass >= p:
+            break
+        kept.add(i)
+        mass += probs[i]
+    return [probs[i] / mass if i in kept else 0.0 for i in range(len(probs))]
+
+
+LOGITS = torch.tensor([1.0, 0.0, -0.5, 2.0, 0.3])  # probabilities 0.208, 0.077, 0.046, 0.566, 0.103 (rounded)
+
+
+# Sorted, the cumulative probabilities are 0.566, 0.774, 0.877, 0.954, 1: p = 0.6 keeps 2 tokens, 0.566 + 0.208.
+@pytest.mark.parametrize("top_p, n_kept", [(0.5, 1), (0.6, 2), (0.8, 3), (0.9, 4), (0.96, 5)])
+def test_top_p_keeps_the_smallest_set_that_reaches_p_and_the_token_that_crosses_it(top_p, n_kept):
+    probs = filter_logits(LOGITS[None], top_p=top_p).softmax(-1)[0]
+    expected = nucleus(LOGITS.softmax(-1).tolist(), top_p)
+    assert int((probs > 0).sum()) == n_kept
+    assert_close(probs, torch.tensor(expected), rtol=1e-6, atol=1e-7)
+
+
+def test_top_p_one_is_plain_sampling_and_a_tiny_top_p_is_greedy():
+    fn, prefix = make_scorer(7, vocab_size=10, scale=0.5), torch.tensor([[0], [4], [9]])
+    plain = sample(fn, prefix, 15, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sample(fn, prefix, 15, top_p=1.0, generator=torch.Generator().manual_seed(3)), plain)
+    assert torch.equal(sample(fn, prefix, 15, top_p=1e-6, generator=torch.Generator().manual_seed(3)),
+                       greedy_decode(fn, prefix, 15))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, 0.7), (0.5, None, 0.9), (2.0, 3, 0.6),
+                                                       (2.0, 4, 0.8)])
+def test_sampling_frequencies_follow_the_tempered_top_k_then_top_p_distribution(temperature, top_k, top_p):
+    n = 40_000
+    tokens = sample(lambda p: LOGITS.expand(p.shape[0], -1), torch.zeros(n, 1, dtype=torch.long), 1,
+                    temperature=temperature, top_k=top_k, top_p=top_p, generator=torch.Generator().manual_seed(0))[:, 1]
+    tempered = LOGITS / temperature  # temperature first, then top-k, then top-p on what is left
+    if top_k is not None:
+        tempered = tempered.masked_fill(LOGITS < LOGITS.topk(top_k).values[-1], -math.inf)
+    expected = torch.tensor(nucleus(tempered.softmax(-1).tolist(), top_p))
+    frequencies = torch.bincount(tokens, minlength=5).float() / n
+    assert_close(frequencies, expected, atol=0.01, rtol=0)
+    assert bool((frequencies[expected == 0] == 0).all())  # a token cut off is never drawn
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, 0.8), (0.7, 20, 0.9), (1.3, 5, 0.5),
+                                                       (1.0, 50, None)])
+def test_filter_logits_equals_hugging_faces_warpers_in_their_order(temperature, top_k, top_p):
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1)) * 2  # (B, V)
+    expected = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k is not None:
+        expected = TopKLogitsWarper(top_k)(None, expected)
+    if top_p is not None:
+        expected = TopPLogitsWarper(top_p)(None, expected)
+    got = filter_logits(logits, temperature, top_k, top_p)
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    assert_close(got.softmax(-1), expected.softmax(-1), rtol=1e-6, atol=1e-7)
+
+
 def test_errors():
     fn, prefix = make_scorer(0), torch.tensor([[1]])
     with pytest.raises(ValueError, match="beam_width"):
@@ -132,6 +202,9 @@ def test_errors():
         sample(fn, prefix, 3, temperature=0.0)
     with pytest.raises(ValueError, match="top_k"):
         sample(fn, prefix, 3, top_k=0)
+    for bad in (0, 0.0, 1.5, -0.1, float("nan"), True, "0.9"):
+        with pytest.raises(ValueError, match=r"top_p must be None or a real number in \(0, 1\]"):
+            sample(fn, prefix, 3, top_p=bad)
     with pytest.raises(ValueError, match="max_new_tokens"):
         greedy_decode(fn, prefix, -1)
     with pytest.raises(ValueError, match=r"prefix must have shape \(B, t0\)"):

@@ -121,6 +121,31 @@ def greedy_decode(
     return _extend(next_token_logits, prefix, max_new_tokens, eos_id, lambda logits: logits.argmax(dim=-1), minimum)
 
 
+def filter_logits(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
+    """The logits ``sample`` draws from: (B, V) -> (B, V), divided by temperature, -inf outside the kept tokens.
+
+    In Hugging Face's order: temperature first, then top-k (the k most likely tokens), then top-p, nucleus
+    sampling (Holtzman et al. 2020): the smallest set of most likely tokens whose probability reaches p, the token
+    that crosses p included, measured on the distribution that temperature and top-k left. A softmax of the result
+    renormalises over the kept tokens. top_k >= V and top_p = 1 keep every token. Introduced in Chapter 1 (top-p in
+    Chapter 4).
+    """
+    logits = logits / temperature  # (B, V)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_best = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V), most likely first
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (B, V): probability of the more likely tokens
+        drop_sorted = mass_before >= top_p  # p already reached without this token; never the first (p > 0)
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # (B, V), back in vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
 @torch.no_grad()
 def sample(
     next_token_logits: NextTokenLogits,
@@ -130,11 +155,13 @@ def sample(
     top_k: int | None = None,
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
+    top_p: float | None = None,
 ) -> Tensor:
-    """Draw each next token from softmax(logits / temperature), optionally only among the top_k most likely.
+    """Draw each next token from softmax(logits / temperature), optionally only among the top_k most likely and
+    the top_p nucleus (``filter_logits``: temperature, then top-k, then top-p).
 
     (B, t0) -> (B, t0 + n); eos handling as in ``greedy_decode``. Pass a seeded ``torch.Generator`` for
-    reproducible samples. Introduced in Chapter 1.
+    reproducible samples. Introduced in Chapter 1 (top_p in Chapter 4).
     """
     _check_prefix(prefix, 2, "(B, t0)")
     _check_common(max_new_tokens, eos_id)
@@ -142,13 +169,11 @@ def sample(
         raise ValueError(f"temperature must be > 0 (use greedy_decode for temperature 0), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a real number in (0, 1], got {top_p!r}")
 
     def choose(logits: Tensor) -> Tensor:
-        logits = logits / temperature  # (B, V)
-        if top_k is not None and top_k < logits.shape[-1]:
-            kth_best = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth_best, float("-inf"))
-        probs = logits.softmax(dim=-1)  # (B, V)
+        probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
         return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]  # (B,)
 
     return _extend(next_token_logits, prefix, max_new_tokens, eos_id, choose)
