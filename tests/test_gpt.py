@@ -1,4 +1,5 @@
-"""GPT-1: equivalence with Hugging Face OpenAIGPT, parameter counts, causality, generation, fine-tuning inputs."""
+"""GPT-1 and GPT-2: equivalence with Hugging Face OpenAIGPT and GPT2, parameter counts, causality, the KV cache,
+generation, fine-tuning inputs."""
 
 import dataclasses
 import math
@@ -6,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTModel
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTModel
 
 from llmbook.config import count_parameters
 from llmbook.gpt import (
@@ -19,6 +20,7 @@ from llmbook.gpt import (
     finetune_loss,
     gpt_parameter_count,
     lm_loss,
+    load_hf_gpt2_state_dict,
     load_hf_openai_gpt_state_dict,
     pad_batch,
 )
@@ -337,3 +339,180 @@ def test_continuation_log_probs_equal_one_pair_at_a_time_and_check_their_inputs(
         continuation_log_probs(model, [[]], [[1]])
     with pytest.raises(ValueError, match="as many"):
         continuation_log_probs(model, [[1]], [[1], [2]])
+
+
+# GPT-2 (Chapter 4): presets and their sizes, the residual init, Hugging Face GPT2LMHeadModel, the KV cache.
+GPT2_SIZES = {  # preset: (exact count, the paper's Table 2, OpenAI's release name)
+    "gpt2": (124_439_808, "117M", "124M"),
+    "gpt2-medium": (354_823_168, "345M", "355M"),
+    "gpt2-large": (774_030_080, "762M", "774M"),
+    "gpt2-xl": (1_557_611_200, "1542M", "1558M"),
+}
+
+
+@pytest.mark.parametrize("name", list(GPT2_SIZES))
+def test_gpt2_parameter_counts_closed_form_meta_model_hugging_face_paper_and_release(name):
+    config = PRESETS[name]
+    exact, paper, release = GPT2_SIZES[name]
+    assert config.d_ff == 4 * config.d_model and config.d_model // config.n_heads == 64
+    assert gpt_parameter_count(config) == exact
+    with torch.device("meta"):
+        ours = GPT(config)
+        hf = GPT2LMHeadModel(GPT2Config(n_layer=config.n_layers, n_embd=config.d_model, n_head=config.n_heads))
+    assert count_parameters(ours) == exact
+    assert count_parameters(hf) == exact
+    millions = round(exact / 1e6)
+    assert f"{millions}M" == release  # OpenAI's corrected names are the exact counts rounded to the million
+    assert f"{millions}M" != paper  # the paper's counts were wrong, all four of them
+    # The paper's numbers are, to the million, the same shapes with GPT-1's 40,478-token vocabulary.
+    assert f"{round(gpt_parameter_count(dataclasses.replace(config, vocab_size=40478)) / 1e6)}M" == paper
+
+
+def test_gpt2_presets_are_pre_ln_with_a_final_norm_tied_gelu_tanh():
+    for name in GPT2_SIZES:
+        c = PRESETS[name]
+        assert (c.vocab_size, c.context_length, c.activation, c.layer_norm_eps) == (50257, 1024, "gelu_tanh", 1e-5)
+        assert c.norm_first and c.final_norm and c.tie_embeddings and c.scaled_residual_init
+    assert [PRESETS[n].n_layers for n in GPT2_SIZES] == [12, 24, 36, 48]
+    assert [PRESETS[n].d_model for n in GPT2_SIZES] == [768, 1024, 1280, 1600]
+
+
+def test_gpt2_residual_init_is_0_02_over_sqrt_2_n_layers_on_the_output_projections_as_hugging_face():
+    # GPT-2's 12 layers at a narrower width: W_o and W_2 (HF's attn.c_proj, mlp.c_proj) at 0.02 / sqrt(24).
+    config = dataclasses.replace(PRESETS["gpt2"], vocab_size=64, context_length=16, d_model=128, n_heads=4,
+                                 d_ff=512)
+    torch.manual_seed(10)
+    ours = GPT(config)
+    hf = GPT2LMHeadModel(_gpt2_hf_config(n_layer=12, n_embd=128, n_head=4))
+    expected = 0.02 / math.sqrt(2 * 12)
+    std = lambda ws: torch.cat([w.flatten() for w in ws]).std().item()  # noqa: E731
+    assert std(layer.self_attn.W_o.weight for layer in ours.layers) == pytest.approx(expected, rel=0.02)
+    assert std(layer.ff.W_2.weight for layer in ours.layers) == pytest.approx(expected, rel=0.02)
+    assert std(h.attn.c_proj.weight for h in hf.transformer.h) == pytest.approx(expected, rel=0.02)
+    assert std(h.mlp.c_proj.weight for h in hf.transformer.h) == pytest.approx(expected, rel=0.02)
+    for unscaled in (std(layer.self_attn.W_q.weight for layer in ours.layers),
+                     std(layer.ff.W_1.weight for layer in ours.layers), ours.tok_emb.weight.std().item()):
+        assert unscaled == pytest.approx(0.02, rel=0.02)
+
+
+def _gpt2_hf_config(**changes):
+    """A tiny random GPT2Config, no dropout, eager attention (so that it can return its weights)."""
+    base = dict(n_layer=2, n_embd=32, n_head=4, n_positions=16, vocab_size=64, activation_function="gelu_new",
+                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(**{**base, **changes})
+    config._attn_implementation = "eager"
+    return config
+
+
+def _hf_gpt2_pair(attn_impl="manual"):
+    """A random tiny HF GPT2LMHeadModel, every parameter perturbed (biases, LayerNorms too), and ours loaded from it."""
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(_gpt2_hf_config()).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    config = dataclasses.replace(PRESETS["gpt2"], vocab_size=64, context_length=16, d_model=32, n_heads=4,
+                                 n_layers=2, d_ff=128, dropout=0.0, attn_impl=attn_impl)
+    ours = GPT(config).eval()
+    assert load_hf_gpt2_state_dict(ours, hf.state_dict()) == []
+    return hf, ours
+
+
+@pytest.mark.parametrize("attn_impl", ["manual", "fused"])
+def test_logits_equal_hugging_face_gpt2(attn_impl):
+    hf, ours = _hf_gpt2_pair(attn_impl)
+    tokens = torch.randint(0, 64, (3, 16))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        torch.testing.assert_close(ours(tokens), expected, rtol=1e-5, atol=1e-5)  # measured: max |diff| 9e-7
+        torch.testing.assert_close(ours(tokens[:, :7]), expected[:, :7], rtol=1e-5, atol=1e-5)
+
+
+def test_gpt2_hidden_states_and_attention_weights_equal_hugging_face():
+    hf, ours = _hf_gpt2_pair("manual")
+    tokens = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        out = hf.transformer(tokens, output_attentions=True)
+        h = ours.hidden_states(tokens)
+        weights = ours.attention_weights(tokens)
+    torch.testing.assert_close(h, out.last_hidden_state, rtol=1e-5, atol=1e-5)  # after ln_f in both
+    assert len(weights) == len(out.attentions) == 2
+    for w, hf_w in zip(weights, out.attentions, strict=True):
+        assert w.shape == (2, 4, 12, 12)
+        torch.testing.assert_close(w, hf_w, rtol=1e-5, atol=1e-6)
+
+
+def test_gpt2_key_map_reports_unused_buffers_and_rejects_a_mismatch():
+    hf, ours = _hf_gpt2_pair()
+    c_attn = hf.transformer.h[1].attn.c_attn  # Conv1D (D, 3D)
+    torch.testing.assert_close(ours.layers[1].self_attn.W_k.weight, c_attn.weight[:, 32:64].t())
+    torch.testing.assert_close(ours.final_norm.weight, hf.transformer.ln_f.weight)
+    assert ours.lm_head.weight is ours.tok_emb.weight
+    # Checkpoints saved by older transformers versions carry two causal-mask buffers per block.
+    old = {**hf.state_dict(), **{f"transformer.h.{n}.attn.{b}": torch.ones(1) for n in (0, 1)
+                                 for b in ("bias", "masked_bias")}}
+    assert load_hf_gpt2_state_dict(ours, old) == ["h.0.attn.bias", "h.0.attn.masked_bias", "h.1.attn.bias",
+                                                  "h.1.attn.masked_bias"]
+    bare = GPT2Model(hf.config)
+    bare.load_state_dict(hf.transformer.state_dict())
+    assert load_hf_gpt2_state_dict(GPT(ours.config), bare.state_dict()) == []
+    with pytest.raises(ValueError, match="norm_first=True and final_norm=True"):
+        load_hf_gpt2_state_dict(GPT(dataclasses.replace(ours.config, norm_first=False)), hf.state_dict())
+    with pytest.raises(ValueError, match="does not know"):
+        load_hf_gpt2_state_dict(ours, {**hf.state_dict(), "transformer.h.0.attn.extra": torch.ones(1)})
+    with pytest.raises(ValueError, match="lacks weights"):
+        load_hf_gpt2_state_dict(GPT(dataclasses.replace(ours.config, n_layers=3)), hf.state_dict())
+    with pytest.raises(ValueError, match="does not know"):  # GPT-1's names are not GPT-2's
+        load_hf_openai_gpt_state_dict(GPT(dataclasses.replace(ours.config, norm_first=False, final_norm=False)),
+                                      hf.state_dict())
+
+
+CACHE_CONFIGS = {"gpt1 post-LN": TINY, "gpt2 pre-LN": dataclasses.replace(
+    PRESETS["gpt2"], vocab_size=64, context_length=16, d_model=32, n_heads=4, n_layers=2, d_ff=128, dropout=0.0)}
+
+
+@pytest.mark.parametrize("attn_impl", ["manual", "fused"])
+@pytest.mark.parametrize("name", list(CACHE_CONFIGS))
+def test_cached_decoding_gives_the_logits_of_a_full_pass_at_every_position(name, attn_impl):
+    torch.manual_seed(11)
+    model = GPT(dataclasses.replace(CACHE_CONFIGS[name], attn_impl=attn_impl)).eval()
+    tokens = torch.randint(0, 64, (3, 16))
+    with torch.no_grad():
+        for p in model.parameters():  # far from the init, whose nearly uniform attention would hide a wrong mask
+            p.add_(0.3 * torch.randn_like(p))
+        full = model(tokens)  # (B, T, V)
+        cache = model.new_cache()
+        # A prompt of 5, then 3 tokens at once (queries after the cache, T > 1), then one at a time to the end.
+        pieces = [model(tokens[:, :5], cache), model(tokens[:, 5:8], cache)]
+        pieces += [model(tokens[:, t:t + 1], cache) for t in range(8, 16)]
+    assert [c.length for c in cache] == [16, 16]
+    assert cache[0].keys is not None and cache[0].keys.shape == (3, 4, 16, 8)  # (B, H, T, Dh)
+    # Measured: at most 8e-6 on logits up to 8 (float32); the bound leaves other CPU kernels some room.
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=3e-5)
+
+
+def test_cache_that_would_exceed_the_context_is_a_clear_error():
+    model = GPT(TINY).eval()
+    cache = model.new_cache()
+    model(torch.zeros(1, 14, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="holds 14 positions and tokens adds 3: 17 positions are more than "
+                                         "context_length=16"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="one KVCache per layer"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache[:1])
+
+
+@pytest.mark.parametrize("name", list(CACHE_CONFIGS))
+def test_generation_with_and_without_the_cache_gives_the_same_tokens(name):
+    torch.manual_seed(12)
+    model = GPT(dataclasses.replace(CACHE_CONFIGS[name], dropout=0.1))  # generate switches dropout off
+    prompt = torch.randint(0, 64, (4, 3))
+
+    def draw(new, use_cache, **kwargs):
+        return model.generate(prompt, new, generator=torch.Generator().manual_seed(13), use_cache=use_cache, **kwargs)
+
+    for kwargs in ({"temperature": 0}, {"temperature": 1.0}, {"temperature": 0.8, "top_k": 10, "top_p": 0.9},
+                   {"temperature": 1.0, "eos_id": 5}):
+        for new in (13, 30):  # within the context, and past it (cropped: the cache is left for full passes)
+            assert torch.equal(draw(new, True, **kwargs), draw(new, False, **kwargs)), (kwargs, new)
+    assert model.training

@@ -1,25 +1,36 @@
-"""GPT-1 (Radford et al. 2018): a decoder-only Transformer pre-trained as a language model, then fine-tuned.
+"""GPT-1 (Radford et al. 2018) and GPT-2 (Radford et al. 2019): decoder-only Transformer language models.
 
 The model is a stack of the encoder layers of Chapter 1 with a causal mask (no cross-attention): token embeddings
-plus learned position embeddings, n_layers post-LN blocks, and a language-model head tied to the token embeddings.
-Switches for what came later: ``final_norm`` and ``norm_first`` (GPT-2's pre-LN with a final LayerNorm) and
-``scaled_residual_init`` (GPT-2's 1/sqrt(2 n_layers) on the weights that write into the residual stream).
+plus learned position embeddings, n_layers blocks, and a language-model head tied to the token embeddings. GPT-1's
+blocks are post-LN; GPT-2 is the same model with three switches: ``norm_first`` and ``final_norm`` (pre-LN blocks
+and a LayerNorm after the last one) and ``scaled_residual_init`` (N(0, 0.02 / sqrt(2 n_layers)) on W_o and W_2, the
+weights that write into the residual stream: the paper's 1/sqrt(N) for N residual layers, two per block).
 
-Fine-tuning follows the paper's section 3.3: the input is one token sequence, <start> text <extract>, or for a pair
-<start> a <delim> b <extract>; a linear head reads the last layer's hidden state at <extract>, and the loss adds the
-language-model loss on the same inputs, L = L_cls + lambda * L_lm.
+Fine-tuning follows the GPT-1 paper's section 3.3: the input is one token sequence, <start> text <extract>, or for
+a pair <start> a <delim> b <extract>; a linear head reads the last layer's hidden state at <extract>, and the loss
+adds the language-model loss on the same inputs, L = L_cls + lambda * L_lm.
 
-Size: ``gpt_parameter_count(PRESETS["gpt1"])`` is 116,534,784, the count of Hugging Face's ``OpenAIGPTModel``. The
+Sizes. ``gpt_parameter_count(PRESETS["gpt1"])`` is 116,534,784, the count of Hugging Face's ``OpenAIGPTModel``. The
 GPT-1 paper gives no count; "117M" comes from the GPT-2 paper's table, whose smallest model "is equivalent to the
 original GPT", and is this number rounded: 12 blocks of 7,087,872 (85.05M), a 40,478 x 768 token matrix that is also
 the output layer (31.09M) and 512 x 768 positions (0.39M). The vocabulary is the paper's 40,000 BPE merges plus 478
-base symbols; fine-tuning adds rows for the three special tokens. (GPT-2's own smallest model, with 50,257 tokens and
-1,024 positions, has 124M.)
+base symbols; fine-tuning adds rows for the three special tokens.
+
+GPT-2 has 50,257 tokens and 1,024 positions. The exact counts of "gpt2", "gpt2-medium", "gpt2-large" and "gpt2-xl"
+are 124,439,808, 354,823,168, 774,030,080 and 1,557,611,200 (those of Hugging Face's models). The GPT-2 paper's
+Table 2 gives 117M, 345M, 762M and 1542M: not these numbers rounded, but, to the million, the counts of the same
+shapes with GPT-1's 40,478 tokens (116.93M, 344.81M, 761.51M, 1541.96M). OpenAI's gpt-2 repository corrected them
+when it released the 774M model: "our original parameter counts were wrong due to an error (in our previous blog
+posts and paper). Thus you may have seen small referred to as 117M and medium referred to as 345M"; its models are
+named 124M, 355M, 774M and 1558M (the exact counts rounded to the million) and its model card calls the largest
+"1.5 billion" (truncated).
 
 The models of the book share one shape: the layer stack is ``layers``; ``forward(tokens)`` returns one tensor, the
 logits; ``hidden_states(tokens)`` the last layer's output (B, T, D); ``attention_weights(tokens)`` a list of
 n_layers weights (B, H, T, T). Token ids are checked by ``llmbook.config.check_token_ids``; Hugging Face weights load
-through ``load_hf_openai_gpt_state_dict(model, hf_state_dict)``, which returns the Hugging Face keys it leaves unused.
+through ``load_hf_openai_gpt_state_dict(model, hf_state_dict)`` (GPT-1) and ``load_hf_gpt2_state_dict`` (GPT-2),
+which return the Hugging Face keys they leave unused. ``forward(tokens, cache)`` decodes incrementally with a
+key-value cache per layer (``new_cache``); ``generate`` uses it.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmbook.attention import KVCache
 from llmbook.config import check_model_config, check_token_ids
 from llmbook.decoding import greedy_decode, sample
 from llmbook.layers import EncoderLayer
@@ -69,8 +81,22 @@ class GPTConfig:
         )
 
 
+def _gpt2(n_layers: int, d_model: int, n_heads: int) -> GPTConfig:
+    """GPT-2 (the paper's section 2.3 and OpenAI's code): GPT-1's blocks made pre-LN, a final LayerNorm, the scaled
+    residual init, 50,257 byte-level BPE tokens, 1,024 positions, d_ff = 4 d_model, GELU in its tanh form. Dropout
+    stays GPT-1's 0.1 (the paper gives none; Hugging Face's GPT2Config has 0.1)."""
+    return GPTConfig(vocab_size=50257, context_length=1024, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                     d_ff=4 * d_model, activation="gelu_tanh", norm_first=True, final_norm=True,
+                     scaled_residual_init=True, layer_norm_eps=1e-5)
+
+
 PRESETS: dict[str, GPTConfig] = {
     "gpt1": GPTConfig(),  # the paper: 12 layers, 768 wide, 12 heads, d_ff 3072, 512 positions, 40,478 BPE tokens
+    # GPT-2's Table 2 (n_heads, not in the paper, from the released models: heads of size 64): 124M to 1558M.
+    "gpt2": _gpt2(12, 768, 12),
+    "gpt2-medium": _gpt2(24, 1024, 16),
+    "gpt2-large": _gpt2(36, 1280, 20),
+    "gpt2-xl": _gpt2(48, 1600, 25),
     # CPU sizes: "small" for the chapter (replace vocab_size by the tokenizer's), "tiny" for tests.
     "small": GPTConfig(vocab_size=2048, context_length=128, d_model=128, n_heads=4, n_layers=4, d_ff=512),
     "tiny": GPTConfig(vocab_size=64, context_length=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0),
@@ -146,22 +172,46 @@ class GPT(nn.Module):
             for linear in (module.self_attn.W_o, module.ff.W_2):
                 nn.init.normal_(linear.weight, std=std / math.sqrt(2 * self.config.n_layers))
 
-    def _embed(self, tokens: Tensor) -> Tensor:
-        """h_0 = U W_e + W_p: token plus position embeddings (B, T, D) of checked token ids (B, T)."""
+    def _embed(self, tokens: Tensor, start: int = 0) -> Tensor:
+        """h_0 = U W_e + W_p: token plus position embeddings (B, T, D) of checked token ids (B, T) at positions
+        start .. start + T - 1."""
         check_token_ids(tokens, self.config.vocab_size, context_length=self.config.context_length)
-        positions = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
+        C = self.config.context_length
+        if start + tokens.shape[1] > C:
+            raise ValueError(f"the cache holds {start} positions and tokens adds {tokens.shape[1]}: "
+                             f"{start + tokens.shape[1]} positions are more than context_length={C}")
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)  # (T,)
         return self.dropout(self.tok_emb(tokens) + self.pos_emb(positions))  # (B, T, D)
 
-    def hidden_states(self, tokens: Tensor) -> Tensor:
-        """tokens (B, T) -> the last layer's output (B, T, D) (after the final LayerNorm, if any)."""
-        x = self._embed(tokens)  # h_0, (B, T, D)
-        for layer in self.layers:
-            x, _ = layer(x, is_causal=True)  # h_l = block(h_{l-1}), position t attends to 0..t
+    def new_cache(self) -> list[KVCache]:
+        """An empty key-value cache: one ``KVCache`` per layer, for ``forward(tokens, cache)``. Introduced in
+        Chapter 4."""
+        return [KVCache() for _ in self.layers]
+
+    def hidden_states(self, tokens: Tensor, cache: list[KVCache] | None = None) -> Tensor:
+        """tokens (B, T) -> the last layer's output (B, T, D) (after the final LayerNorm, if any).
+
+        With a ``cache`` (``new_cache``), tokens are the T positions after the cached ones, whose keys and values
+        are added to it. Without one, position 0 is the first token.
+        """
+        start = 0
+        if cache is not None:
+            if len(cache) != len(self.layers):
+                raise ValueError(f"cache must hold one KVCache per layer ({len(self.layers)}), got {len(cache)}")
+            start = cache[0].length
+        x = self._embed(tokens, start)  # h_0, (B, T, D)
+        for i, layer in enumerate(self.layers):
+            # h_l = block(h_{l-1}): position t attends to 0..t (the cached positions and these)
+            x, _ = layer(x, is_causal=True, cache=None if cache is None else cache[i])
         return self.final_norm(x)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """tokens (B, T) -> logits (B, T, V), where position t predicts token t + 1."""
-        return self.lm_head(self.hidden_states(tokens))  # (B, T, V)
+    def forward(self, tokens: Tensor, cache: list[KVCache] | None = None) -> Tensor:
+        """tokens (B, T) -> logits (B, T, V), where position t predicts token t + 1.
+
+        ``cache`` (``new_cache()``, filled by earlier calls) makes the call incremental: a prompt first, then one
+        new token (B, 1) at a time, each attending to every earlier position without recomputing it.
+        """
+        return self.lm_head(self.hidden_states(tokens, cache))  # (B, T, V)
 
     def attention_weights(self, tokens: Tensor) -> list[Tensor]:
         """tokens (B, T) -> n_layers attention weights (B, H, T, T), rows are queries (manual attention path)."""
@@ -182,11 +232,15 @@ class GPT(nn.Module):
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
         crop_context: bool = True,
+        top_p: float | None = None,
+        use_cache: bool = True,
     ) -> Tensor:
         """Continue ``prompt`` (B, t0) or (t0,) by sampling (``llmbook.decoding.sample``); temperature 0 is greedy.
 
         The model sees at most the last context_length tokens (``crop_context``); with ``crop_context=False`` a
-        prompt that would outgrow the context is an error. Runs in eval mode and restores the mode after.
+        prompt that would outgrow the context is an error. ``use_cache`` feeds each new token alone through a
+        key-value cache while the sequence fits the context; past it, every step re-reads the last context_length
+        tokens, whose positions have all shifted (as without the cache). Runs in eval mode and restores the mode.
         """
         if not isinstance(prompt, Tensor) or prompt.dim() not in (1, 2):
             raise ValueError("prompt must be a tensor of token ids of shape (B, t0) or (t0,)")
@@ -200,9 +254,12 @@ class GPT(nn.Module):
             )
         if prompt.shape[1] == 0:
             raise ValueError("prompt must hold at least one token (e.g. <start>)")
+        cache = self.new_cache() if use_cache else None
 
         def next_token_logits(prefix: Tensor) -> Tensor:
-            return self(prefix[:, -C:])[:, -1, :]  # (B, V)
+            if cache is None or prefix.shape[1] > C:
+                return self(prefix[:, -C:])[:, -1, :]  # (B, V)
+            return self(prefix[:, cache[0].length:], cache)[:, -1, :]  # (B, V): only the tokens not yet cached
 
         was_training = self.training
         self.eval()
@@ -210,7 +267,7 @@ class GPT(nn.Module):
             if temperature == 0:
                 out = greedy_decode(next_token_logits, prompt, max_new_tokens, eos_id)
             else:
-                out = sample(next_token_logits, prompt, max_new_tokens, temperature, top_k, eos_id, generator)
+                out = sample(next_token_logits, prompt, max_new_tokens, temperature, top_k, eos_id, generator, top_p)
         finally:
             self.train(was_training)
         return out[0] if squeeze else out
@@ -351,7 +408,7 @@ def finetune_loss(
     return loss + lm_weight * lm_loss(lm_logits, tokens, pad_id) if lm_weight > 0 else loss
 
 
-# Loading Hugging Face OpenAIGPT weights: the one key map for GPT-1.
+# Loading Hugging Face weights: one key map for GPT-1 (OpenAIGPT) and one for GPT-2, which share their blocks' names.
 _HF_BLOCK = {  # inside transformer.h.N. (Conv1D weights are stored (in, out): transposed to nn.Linear's (out, in))
     "attn.c_proj": "self_attn.W_o",
     "ln_1": "norm1",
@@ -359,45 +416,38 @@ _HF_BLOCK = {  # inside transformer.h.N. (Conv1D weights are stored (in, out): t
     "mlp.c_proj": "ff.W_2",
     "ln_2": "norm2",
 }
-# Heads of other OpenAIGPT classes (DoubleHeads, ForSequenceClassification): known, and left unused.
+OPENAI_GPT_KEY_MAP = {"tokens_embed.weight": "tok_emb.weight", "positions_embed.weight": "pos_emb.pos_emb.weight"}
+GPT2_KEY_MAP = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.pos_emb.weight",
+                "ln_f.weight": "final_norm.weight", "ln_f.bias": "final_norm.bias"}  # outside the blocks
+# Heads of other Hugging Face classes (DoubleHeads, ForSequenceClassification): known, and left unused.
 _HF_OTHER_HEADS = ("multiple_choice_head.", "score.")
 
 
-def load_hf_openai_gpt_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) -> list[str]:
-    """Copy a Hugging Face ``OpenAIGPTLMHeadModel`` (or ``OpenAIGPTModel``) state dict into ``model``.
-
-    Hugging Face keeps GPT-1's ``Conv1D`` layers, whose weights are the transpose of ``nn.Linear``'s, and one fused
-    ``c_attn`` (D, 3D) for the query, key and value projections, split here into W_q, W_k, W_v. Every parameter of
-    ``model`` must be found; returns the HF keys it has no place for (e.g. a multiple-choice head). Raises a
-    ValueError for an unknown, missing or misshapen weight. Introduced in Chapter 2.
-    """
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
+def _load_hf_gpt(model: GPT, hf_state_dict: dict[str, Tensor], key_map: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Copy a Hugging Face GPT-1 or GPT-2 state dict into ``model`` through ``key_map`` (the names outside the
+    blocks) and ``_HF_BLOCK``; returns the other heads' keys and the causal-mask buffers' keys, both unused."""
     c = model.config
-    if c.norm_first or c.final_norm:
-        raise ValueError("OpenAI GPT weights need norm_first=False and final_norm=False (post-LN, no final norm)")
     hf = {k.removeprefix("transformer."): v for k, v in hf_state_dict.items()}
+    token_key = next(k for k, ours in key_map.items() if ours == "tok_emb.weight")
     D = c.d_model
     state: dict[str, Tensor] = {}
-    unused = []
+    heads, buffers = [], []
     for name, tensor in hf.items():
-        if name == "tokens_embed.weight":
-            state["tok_emb.weight"] = tensor
-        elif name == "positions_embed.weight":
-            state["pos_emb.pos_emb.weight"] = tensor
+        if name in key_map:
+            state[key_map[name]] = tensor
         elif name == "lm_head.weight":
             if c.tie_embeddings:
-                if "tokens_embed.weight" in hf and not torch.equal(tensor, hf["tokens_embed.weight"]):
-                    raise ValueError("tie_embeddings=True but lm_head.weight differs from tokens_embed.weight")
+                if token_key in hf and not torch.equal(tensor, hf[token_key]):
+                    raise ValueError(f"tie_embeddings=True but lm_head.weight differs from {token_key}")
             else:
                 state["lm_head.weight"] = tensor
         elif name.startswith("h."):
             n, module_param = name[2:].split(".", 1)
             module, param = module_param.rsplit(".", 1)
             prefix = f"layers.{n}"
-            if module == "attn" and param == "bias":  # a causal-mask buffer in older checkpoints
-                continue
-            if module == "attn.c_attn":  # fused (D, 3D) weight or (3D,) bias -> W_q, W_k, W_v
+            if module == "attn" and param in ("bias", "masked_bias"):  # causal-mask buffers of older checkpoints
+                buffers.append(name)
+            elif module == "attn.c_attn":  # fused (D, 3D) weight or (3D,) bias -> W_q, W_k, W_v
                 if tensor.shape[-1] != 3 * D:
                     raise ValueError(f"{name} has shape {tuple(tensor.shape)}, but d_model={D} needs 3 * D = {3 * D}")
                 parts = tensor.split(D, dim=-1)
@@ -411,7 +461,7 @@ def load_hf_openai_gpt_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) 
         elif name == "position_ids":
             continue
         elif name.startswith(_HF_OTHER_HEADS):
-            unused.append(name)
+            heads.append(name)
         else:
             raise ValueError(f"hf_state_dict has a key the GPT key map does not know: {name!r}")
     if c.tie_embeddings and "tok_emb.weight" in state:
@@ -426,4 +476,36 @@ def load_hf_openai_gpt_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) 
         if tuple(tensor.shape) != tuple(ours[name].shape):
             raise ValueError(f"{name} needs shape {tuple(ours[name].shape)}, Hugging Face has {tuple(tensor.shape)}")
     model.load_state_dict(state, strict=True)
-    return sorted(unused)
+    return sorted(heads), sorted(buffers)
+
+
+def load_hf_openai_gpt_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) -> list[str]:
+    """Copy a Hugging Face ``OpenAIGPTLMHeadModel`` (or ``OpenAIGPTModel``) state dict into ``model``.
+
+    Hugging Face keeps GPT-1's ``Conv1D`` layers, whose weights are the transpose of ``nn.Linear``'s, and one fused
+    ``c_attn`` (D, 3D) for the query, key and value projections, split here into W_q, W_k, W_v. Every parameter of
+    ``model`` must be found; returns the HF keys it has no place for (e.g. a multiple-choice head; a causal-mask
+    buffer is skipped). Raises a ValueError for an unknown, missing or misshapen weight. Introduced in Chapter 2.
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
+    if model.config.norm_first or model.config.final_norm:
+        raise ValueError("OpenAI GPT weights need norm_first=False and final_norm=False (post-LN, no final norm)")
+    heads, _ = _load_hf_gpt(model, hf_state_dict, OPENAI_GPT_KEY_MAP)
+    return heads
+
+
+def load_hf_gpt2_state_dict(model: GPT, hf_state_dict: dict[str, Tensor]) -> list[str]:
+    """Copy a Hugging Face ``GPT2LMHeadModel`` (or ``GPT2Model``) state dict into ``model``, e.g. ``PRESETS["gpt2"]``.
+
+    The blocks' names, the ``Conv1D`` transposes and the fused ``c_attn`` are GPT-1's (``GPT2_KEY_MAP`` gives the
+    rest: wte, wpe, ln_f). Returns the HF keys it leaves unused, sorted: other heads, and the causal-mask buffers
+    ``h.N.attn.bias`` and ``h.N.attn.masked_bias`` of checkpoints saved by older versions (our mask is built from
+    ``is_causal``). Raises a ValueError for an unknown, missing or misshapen weight. Introduced in Chapter 4.
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
+    if not (model.config.norm_first and model.config.final_norm):
+        raise ValueError("GPT-2 weights need norm_first=True and final_norm=True (pre-LN with a final LayerNorm)")
+    heads, buffers = _load_hf_gpt(model, hf_state_dict, GPT2_KEY_MAP)
+    return sorted(heads + buffers)
