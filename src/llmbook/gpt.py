@@ -4,7 +4,8 @@ The model is a stack of the encoder layers of Chapter 1 with a causal mask (no c
 plus learned position embeddings, n_layers blocks, and a language-model head tied to the token embeddings. GPT-1's
 blocks are post-LN; GPT-2 is the same model with three switches: ``norm_first`` and ``final_norm`` (pre-LN blocks
 and a LayerNorm after the last one) and ``scaled_residual_init`` (N(0, 0.02 / sqrt(2 n_layers)) on W_o and W_2, the
-weights that write into the residual stream: the paper's 1/sqrt(N) for N residual layers, two per block).
+weights that write into the residual stream: the paper's 1/sqrt(N) for N residual layers, two per block, as
+Hugging Face's GPT2 applies it; OpenAI's released code, made for inference, starts every projection at 0.02).
 
 Fine-tuning follows the GPT-1 paper's section 3.3: the input is one token sequence, <start> text <extract>, or for
 a pair <start> a <delim> b <extract>; a linear head reads the last layer's hidden state at <extract>, and the loss
