@@ -179,6 +179,20 @@ def sample(
     return _extend(next_token_logits, prefix, max_new_tokens, eos_id, choose)
 
 
+def _check_beam(beam_width: int, length_penalty: float) -> None:
+    if not isinstance(beam_width, int) or beam_width < 1:
+        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+    if length_penalty < 0:
+        raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
+
+
+def _best(candidates: list[tuple[Tensor, float, int]], beam_width: int, length_penalty: float) -> list[Hypothesis]:
+    """The ``beam_width`` best of (tokens, log_prob, new-token count) by penalised score, best first."""
+    hypotheses = [Hypothesis(seq, lp, lp / length_penalty_factor(n, length_penalty)) for seq, lp, n in candidates]
+    hypotheses.sort(key=lambda h: h.score, reverse=True)
+    return hypotheses[:beam_width]
+
+
 @torch.no_grad()
 def beam_search(
     next_token_logits: NextTokenLogits,
@@ -197,10 +211,7 @@ def beam_search(
     """
     _check_prefix(prefix, 1, "(t0,)")
     _check_common(max_new_tokens, eos_id)
-    if not isinstance(beam_width, int) or beam_width < 1:
-        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
-    if length_penalty < 0:
-        raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
+    _check_beam(beam_width, length_penalty)
 
     alive = prefix.long()[None, :]  # (K, t): the K live beams, all of the same length
     alive_log_probs = torch.zeros(1, device=prefix.device)  # (K,)
@@ -222,9 +233,7 @@ def beam_search(
 
     n_alive_new = alive.shape[1] - prefix.shape[0]
     everything = finished + [(seq, lp, n_alive_new) for seq, lp in zip(alive, alive_log_probs.tolist(), strict=True)]
-    hypotheses = [Hypothesis(seq, lp, lp / length_penalty_factor(n, length_penalty)) for seq, lp, n in everything]
-    hypotheses.sort(key=lambda h: h.score, reverse=True)
-    return hypotheses[:beam_width]
+    return _best(everything, beam_width, length_penalty)
 
 
 @torch.no_grad()
@@ -244,10 +253,7 @@ def beam_search_batch(
     """
     _check_prefix(prefixes, 2, "(B, t0)")
     _check_common(max_new_tokens, eos_id)
-    if not isinstance(beam_width, int) or beam_width < 1:
-        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
-    if length_penalty < 0:
-        raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
+    _check_beam(beam_width, length_penalty)
     B, W = prefixes.shape[0], beam_width
     alive = prefixes.long()[:, None, :].repeat(1, W, 1)  # (B, W, t)
     alive_log_probs = torch.full((B, W), float("-inf"), device=prefixes.device)
@@ -274,8 +280,5 @@ def beam_search_batch(
     for b in range(B):
         rest = [(alive[b, j], alive_log_probs[b, j].item(), n_alive_new) for j in range(alive.shape[1])
                 if bool(torch.isfinite(alive_log_probs[b, j]))]
-        hypotheses = [Hypothesis(seq, lp, lp / length_penalty_factor(n, length_penalty))
-                      for seq, lp, n in finished[b] + rest]
-        hypotheses.sort(key=lambda h: h.score, reverse=True)
-        results.append(hypotheses[:beam_width])
+        results.append(_best(finished[b] + rest, beam_width, length_penalty))
     return results
