@@ -84,3 +84,18 @@ def test_pretrain_script_scales_are_chapter_2s_hyperparameters():
     for scale, script in SCALES.items():
         chapter = {**table[scale], **table[scale]["model"]}
         assert {key: chapter[names.get(key, key)] for key in script} == script, scale
+
+
+def test_windows_can_be_kept_to_given_starts():
+    ids = torch.arange(1000)
+    starts = torch.tensor([0, 10, 500, 990])  # 990 leaves no room for 16 tokens: never drawn
+    batch = random_windows(ids, batch_size=64, length=16, starts=starts)
+    (x,) = batch(3)
+    assert set(x[:, 0].tolist()) == {0, 10, 500} and torch.equal(x, batch(3)[0])
+    assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(64, 15, dtype=torch.long))
+    with pytest.raises(ValueError, match="no position in starts leaves room"):
+        random_windows(ids, 2, 16, starts=torch.tensor([995]))
+    with pytest.raises(ValueError, match="starts must be a 1-D integer tensor"):
+        random_windows(ids, 2, 16, starts=torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="positions in ids"):
+        random_windows(ids, 2, 16, starts=torch.tensor([-1, 3]))

@@ -39,18 +39,34 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 
 
-def random_windows(ids: Tensor, batch_size: int, length: int) -> Callable[[int], tuple[Tensor]]:
+def random_windows(ids: Tensor, batch_size: int, length: int, starts: Tensor | None = None
+                   ) -> Callable[[int], tuple[Tensor]]:
     """``train_batch(step) -> (x,)``: ``batch_size`` windows of ``length`` tokens at random places in ``ids``.
 
     The places are drawn from a generator seeded with the step, so the batch is a function of the step alone (a
-    resumed run sees the batches it would have seen). Introduced in Chapter 2.
+    resumed run sees the batches it would have seen). With ``starts`` (a 1-D tensor of positions in ``ids``, e.g.
+    where each line begins) a window begins only at one of them, drawn uniformly among those that leave room for
+    ``length`` tokens. Introduced in Chapter 2 (``starts`` in Chapter 4).
     """
     if ids.dim() != 1 or len(ids) <= length:
         raise ValueError(f"ids must be a 1-D tensor longer than length={length}, got shape {tuple(ids.shape)}")
+    if starts is not None:
+        if starts.dim() != 1 or starts.dtype.is_floating_point:
+            raise ValueError(f"starts must be a 1-D integer tensor of positions, got {starts.dtype} "
+                             f"{tuple(starts.shape)}")
+        if len(starts) and int(starts.min()) < 0:
+            raise ValueError(f"starts must be positions in ids (>= 0), got {int(starts.min())}")
+        starts = starts[starts < len(ids) - length]
+        if not len(starts):
+            raise ValueError(f"no position in starts leaves room for a window of length={length} in {len(ids)} ids")
 
     def train_batch(step: int) -> tuple[Tensor]:
-        starts = torch.randint(0, len(ids) - length, (batch_size,), generator=torch.Generator().manual_seed(step))
-        return (torch.stack([ids[s:s + length] for s in starts.tolist()]),)  # (B, T)
+        generator = torch.Generator().manual_seed(step)
+        if starts is None:
+            places = torch.randint(0, len(ids) - length, (batch_size,), generator=generator)
+        else:
+            places = starts[torch.randint(0, len(starts), (batch_size,), generator=generator)]
+        return (torch.stack([ids[s:s + length] for s in places.tolist()]),)  # (B, T)
 
     return train_batch
 

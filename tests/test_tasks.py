@@ -1,0 +1,144 @@
+"""Tasks written as text (llmbook.tasks): templates, mixing them into a corpus, and greedy exact match in one pass."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmbook.gpt import GPT, PRESETS
+from llmbook.tasks import (
+    FIGURES,
+    TRANSLATION,
+    TextTask,
+    character_shares,
+    encode_lines,
+    greedy_completion,
+    greedy_matches,
+    mix_lines,
+)
+from llmbook.tokenizer import CharTokenizer
+from llmbook.trainer import seed_everything
+
+
+def test_a_task_sentence_splits_into_prompt_and_answer_at_the_space():
+    assert TRANSLATION.sentence(42) == "In Chinese, forty-two is written 四十二."
+    assert TRANSLATION.prompt(42) == "In Chinese, forty-two is written"
+    assert TRANSLATION.answer(42) == " 四十二."
+    assert FIGURES.sentence(1021) == "In figures, one thousand and twenty-one is 1021."
+    paraphrase = TRANSLATION.rephrased("The Chinese for {x} is {y}.")
+    assert paraphrase.prompt(7) == "The Chinese for seven is" and paraphrase.name == "translation"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 10**9 - 1))
+def test_prompt_and_answer_make_the_sentence(n):
+    for task in (TRANSLATION, FIGURES, TextTask("glued", "{x}={y}!", target=str)):
+        assert task.prompt(n) + task.answer(n) == task.sentence(n)
+        assert not task.prompt(n).endswith(" ")
+
+
+@pytest.mark.parametrize("template, message", [
+    ("In Chinese, {x} is written.", "'{x}' once and then '{y}' once"),
+    ("{y} is {x}.", "'{x}' once and then '{y}' once"),
+    ("{x} {x} is {y}.", "'{x}' once and then '{y}' once"),
+    ("{x} is {y} {z}.", "no braces"),
+    ("{x} is {y}", "end with a mark"),
+    ("{x}\nis {y}.", "one line"),
+])
+def test_bad_templates_are_refused(template, message):
+    with pytest.raises(ValueError, match=message):
+        TextTask("bad", template)
+
+
+BASE = [f"line {i}" for i in range(10)]
+
+
+def test_mix_lines_keeps_the_base_in_order_and_draws_task_numbers_from_the_list():
+    lines = mix_lines(BASE, [(TRANSLATION, 0.3), (FIGURES, 0.2)], [5, 6], 10_000, seed=1)
+    assert lines == mix_lines(BASE, [(TRANSLATION, 0.3), (FIGURES, 0.2)], [5, 6], 10_000, seed=1)
+    assert lines != mix_lines(BASE, [(TRANSLATION, 0.3), (FIGURES, 0.2)], [5, 6], 10_000, seed=2)
+    base = [line for source, line in lines if source == "text"]
+    assert base == [BASE[i % 10] for i in range(len(base))]  # in order, round again
+    counts = {name: sum(source == name for source, _ in lines) for name in ("text", "translation", "figures")}
+    # Binomial standard errors at n = 10,000 are at most 0.005: 0.03 is six of them.
+    assert abs(counts["translation"] / 1e4 - 0.3) < 0.03 and abs(counts["figures"] / 1e4 - 0.2) < 0.03
+    assert {line for source, line in lines if source == "translation"} == {TRANSLATION.sentence(5),
+                                                                          TRANSLATION.sentence(6)}
+    assert mix_lines(BASE, [], [], 25) == [("text", BASE[i % 10]) for i in range(25)]
+    only = mix_lines([], [(FIGURES, 1.0)], [3], 4, base_name="plays")
+    assert only == [("figures", "In figures, three is 3.")] * 4
+    shares = character_shares(lines)
+    assert set(shares) == {"text", "translation", "figures"} and sum(shares.values()) == pytest.approx(1.0)
+    assert character_shares([("a", "xx"), ("b", "x")]) == {"a": 0.6, "b": 0.4}  # each line with its newline
+
+
+@pytest.mark.parametrize("tasks, base, numbers, n_lines, message", [
+    ([(TRANSLATION, 0.7), (FIGURES, 0.4)], BASE, [1], 5, "sum to at most 1"),
+    ([(TRANSLATION, -0.1)], BASE, [1], 5, "lie in \\[0, 1\\]"),
+    ([(TRANSLATION, 0.5)], [], [1], 5, "base is empty"),
+    ([(TRANSLATION, 0.5)], BASE, [], 5, "numbers must hold"),
+    ([(TRANSLATION, 0.5)], BASE, [1], 0, "n_lines must be >= 1"),
+])
+def test_mix_lines_refuses_bad_arguments(tasks, base, numbers, n_lines, message):
+    with pytest.raises(ValueError, match=message):
+        mix_lines(base, tasks, numbers, n_lines)
+
+
+ALPHABET = "abcdefgh .!"
+TOKENIZER = CharTokenizer(ALPHABET)
+
+
+def test_encode_lines_gives_one_stream_and_where_each_line_starts():
+    newline = CharTokenizer(ALPHABET + "\n")
+    ids, starts = encode_lines(newline, ["ab", "", "cde"])
+    assert newline.decode(ids) == "ab\n\ncde\n" and starts.tolist() == [0, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def model():
+    seed_everything(0)
+    config = dataclasses.replace(PRESETS["tiny"], vocab_size=TOKENIZER.vocab_size, context_length=24)
+    return GPT(config).eval()
+
+
+def greedy_text(model, prompt, n):
+    ids = torch.tensor(TOKENIZER.encode(prompt))
+    return TOKENIZER.decode(model.generate(ids, n, temperature=0.0, use_cache=False)[len(ids):].tolist())
+
+
+def test_greedy_matches_equals_decoding_step_by_step(model):
+    rng = torch.Generator().manual_seed(0)
+    prompts = ["".join(ALPHABET[i] for i in torch.randint(0, len(ALPHABET), (int(k),), generator=rng))
+               for k in torch.randint(1, 12, (40,), generator=rng)]
+    written = [greedy_text(model, p, 6) for p in prompts]
+    answers = [w[:1 + i % 6] for i, w in enumerate(written)]  # what greedy decoding writes, 1 to 6 tokens
+    assert greedy_matches(model, TOKENIZER, prompts, answers).all()
+    wrong = [a[:-1] + ("a" if a[-1] != "a" else "b") for a in answers]  # the last token changed
+    assert not greedy_matches(model, TOKENIZER, prompts, wrong).any()
+    mixed = [a if i % 3 else w for i, (a, w) in enumerate(zip(answers, wrong, strict=True))]
+    expected = torch.tensor([bool(i % 3) for i in range(40)])
+    for batch_size in (1, 7, 256):
+        assert torch.equal(greedy_matches(model, TOKENIZER, prompts, mixed, batch_size=batch_size), expected)
+    assert not model.training
+
+
+def test_greedy_matches_refuses_what_it_cannot_check(model):
+    with pytest.raises(ValueError, match="equal length"):
+        greedy_matches(model, TOKENIZER, ["ab"], [])
+    with pytest.raises(ValueError, match="at least one token"):
+        greedy_matches(model, TOKENIZER, [""], ["a"])
+    with pytest.raises(ValueError, match="exceed the context of 24"):
+        greedy_matches(model, TOKENIZER, ["a" * 20], ["b" * 5])
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        greedy_matches(model, TOKENIZER, ["a"], ["b"], batch_size=0)
+
+
+def test_greedy_completion_is_generate_cut_after_the_stop(model):
+    full = greedy_text(model, "abc", 10)
+    assert greedy_completion(model, TOKENIZER, "abc", 10, stop=None) == full
+    stop = full[3]
+    assert greedy_completion(model, TOKENIZER, "abc", 10, stop=stop) == full[:full.index(stop) + 1]
