@@ -99,3 +99,18 @@ def test_windows_can_be_kept_to_given_starts():
         random_windows(ids, 2, 16, starts=torch.tensor([0.5]))
     with pytest.raises(ValueError, match="positions in ids"):
         random_windows(ids, 2, 16, starts=torch.tensor([-1, 3]))
+
+
+def test_train_lm_is_seeded_and_reports_the_validation_loss():
+    from llmbook.gpt import PRESETS
+    from llmbook.pretrain import train_lm
+    from llmbook.trainer import TrainerConfig
+
+    ids = torch.arange(2000) % 50
+    config = TrainerConfig(max_steps=3, lr=1e-3, eval_every=3, eval_batches=2, device="cpu", seed=5)
+    runs = [train_lm(PRESETS["tiny"], random_windows(ids, 4, 16), config, even_windows(ids, 6, 16)) for _ in range(2)]
+    (a, history), (b, _) = runs
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert history.eval_step == [3] and len(history.eval["val_loss"]) == 1
+    with pytest.raises(ValueError, match="at least eval_batches=2"):
+        train_lm(PRESETS["tiny"], random_windows(ids, 4, 16), config, even_windows(ids, 1, 16))

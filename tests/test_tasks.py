@@ -14,11 +14,11 @@ from llmbook.tasks import (
     FIGURES,
     TRANSLATION,
     TextTask,
-    character_shares,
     encode_lines,
     greedy_completion,
     greedy_matches,
     mix_lines,
+    token_shares,
 )
 from llmbook.tokenizer import CharTokenizer
 from llmbook.trainer import seed_everything
@@ -71,9 +71,6 @@ def test_mix_lines_keeps_the_base_in_order_and_draws_task_numbers_from_the_list(
     assert mix_lines(BASE, [], [], 25) == [("text", BASE[i % 10]) for i in range(25)]
     only = mix_lines([], [(FIGURES, 1.0)], [3], 4, base_name="plays")
     assert only == [("figures", "In figures, three is 3.")] * 4
-    shares = character_shares(lines)
-    assert set(shares) == {"text", "translation", "figures"} and sum(shares.values()) == pytest.approx(1.0)
-    assert character_shares([("a", "xx"), ("b", "x")]) == {"a": 0.6, "b": 0.4}  # each line with its newline
 
 
 @pytest.mark.parametrize("tasks, base, numbers, n_lines, message", [
@@ -96,6 +93,9 @@ def test_encode_lines_gives_one_stream_and_where_each_line_starts():
     newline = CharTokenizer(ALPHABET + "\n")
     ids, starts = encode_lines(newline, ["ab", "", "cde"])
     assert newline.decode(ids) == "ab\n\ncde\n" and starts.tolist() == [0, 3, 4]
+    assert token_shares(["a", "b", "a"], starts, len(ids)) == {"a": 7 / 8, "b": 1 / 8}  # lines with newlines
+    with pytest.raises(ValueError, match="same lines"):
+        token_shares(["a", "b"], starts, len(ids))
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from llmbook.data.shakespeare import encode_plays, load_plays
-from llmbook.gpt import GPT, PRESETS, lm_loss
+from llmbook.gpt import GPT, PRESETS, GPTConfig, lm_loss
 from llmbook.tokenizer import train_bpe
-from llmbook.trainer import Trainer, TrainerConfig
+from llmbook.trainer import History, Trainer, TrainerConfig, seed_everything
 
 # Chapter 2's two scales (its hyperparameter cell): vocabulary, model, batch, steps, peak lr, warmup.
 SCALES: dict[str, dict[str, Any]] = {
@@ -80,6 +80,31 @@ def even_windows(ids: Tensor, n: int, length: int) -> Tensor:
         raise ValueError(f"ids must be a 1-D tensor of at least length={length} tokens, got shape {tuple(ids.shape)}")
     starts = torch.linspace(0, len(ids) - length, n).long().tolist()
     return torch.stack([ids[s:s + length] for s in starts])
+
+
+def train_lm(config: GPTConfig, train_batch: Callable[[int], tuple[Tensor]], trainer_config: TrainerConfig,
+             val_windows: Tensor | None = None, eval_fn: Callable[[GPT], dict[str, float]] | None = None,
+             ) -> tuple[GPT, History]:
+    """A fresh ``GPT(config)``, initialised from ``trainer_config.seed``, trained with ``lm_loss`` on
+    ``train_batch`` (e.g. ``random_windows``) by the book's ``Trainer``; the validation loss is the mean over
+    ``val_windows`` cut into ``trainer_config.eval_batches`` equal batches. Returns the model and its history.
+    Introduced in Chapter 4.
+    """
+    seed_everything(trainer_config.seed)
+    model = GPT(config)
+    val_batch = None
+    if val_windows is not None:
+        size = len(val_windows) // trainer_config.eval_batches
+        if size < 1:
+            raise ValueError(f"val_windows ({len(val_windows)}) must hold at least eval_batches="
+                             f"{trainer_config.eval_batches} windows")
+
+        def val_batch(i: int) -> tuple[Tensor]:
+            return (val_windows[i * size:(i + 1) * size],)
+
+    trainer = Trainer(model, lambda m, batch: lm_loss(m(batch[0]), batch[0]), train_batch, trainer_config,
+                      val_batch=val_batch, eval_fn=eval_fn)  # type: ignore[arg-type]
+    return model, trainer.fit()
 
 
 def main(argv: list[str] | None = None) -> None:

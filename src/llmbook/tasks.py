@@ -117,13 +117,17 @@ def mix_lines(base: Sequence[str], tasks: Sequence[tuple[TextTask, float]], numb
     return out
 
 
-def character_shares(lines: Sequence[tuple[str, str]]) -> dict[str, float]:
-    """The fraction of the characters of ``mix_lines``'s output (each line with its newline) from each source."""
+def token_shares(sources: Sequence[str], starts: Tensor, n_ids: int) -> dict[str, float]:
+    """The fraction of a stream's ids that come from each source: ``sources[i]`` is line i's source, ``starts`` and
+    ``n_ids`` (the stream's length) are what ``encode_lines`` gave. Introduced in Chapter 4."""
+    if len(sources) != len(starts) or (len(starts) and int(starts[-1]) > n_ids):
+        raise ValueError(f"sources ({len(sources)}) and starts ({len(starts)}) must describe the same lines of a "
+                         f"stream of n_ids={n_ids} ids")
+    lengths = torch.diff(starts, append=torch.tensor([n_ids])).tolist()
     counts: dict[str, int] = {}
-    for source, line in lines:
-        counts[source] = counts.get(source, 0) + len(line) + 1
-    total = sum(counts.values())
-    return {source: count / total for source, count in counts.items()}
+    for source, length in zip(sources, lengths, strict=True):
+        counts[source] = counts.get(source, 0) + length
+    return {source: count / n_ids for source, count in counts.items()}
 
 
 def encode_lines(tokenizer: Encoder, lines: Sequence[str]) -> tuple[Tensor, Tensor]:
