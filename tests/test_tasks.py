@@ -18,7 +18,9 @@ from llmbook.tasks import (
     greedy_completion,
     greedy_matches,
     mix_lines,
+    task_stream,
     token_shares,
+    zero_shot_accuracy,
 )
 from llmbook.tokenizer import CharTokenizer
 from llmbook.trainer import seed_everything
@@ -142,3 +144,22 @@ def test_greedy_completion_is_generate_cut_after_the_stop(model):
     assert greedy_completion(model, TOKENIZER, "abc", 10, stop=None) == full
     stop = full[3]
     assert greedy_completion(model, TOKENIZER, "abc", 10, stop=stop) == full[:full.index(stop) + 1]
+
+
+def test_task_stream_is_mix_lines_then_encode_lines():
+    text = "abcd\n" + "".join(TRANSLATION.sentence(n) for n in (3, 5))
+    newline = CharTokenizer("".join(sorted(set(text))))
+    sources, ids, starts = task_stream(newline, ["ab", "cd"], [(TRANSLATION, 0.5)], [3, 5], 50, seed=4)
+    lines = mix_lines(["ab", "cd"], [(TRANSLATION, 0.5)], [3, 5], 50, seed=4)
+    expected_ids, expected_starts = encode_lines(newline, [line for _, line in lines])
+    assert sources == [source for source, _ in lines]
+    assert torch.equal(ids, expected_ids) and torch.equal(starts, expected_starts)
+
+
+def test_zero_shot_accuracy_is_the_mean_of_greedy_matches(model):
+    task = TextTask("copy", "{x} {y}.", source=lambda n: "abc"[: 1 + n % 3], target=lambda n: "ab"[n % 2])
+    numbers = list(range(12))
+    matches = greedy_matches(model, TOKENIZER, [task.prompt(n) for n in numbers], [task.answer(n) for n in numbers])
+    assert zero_shot_accuracy(model, TOKENIZER, task, numbers) == pytest.approx(matches.float().mean().item())
+    with pytest.raises(ValueError, match="at least one number"):
+        zero_shot_accuracy(model, TOKENIZER, task, [])

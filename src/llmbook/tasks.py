@@ -117,6 +117,16 @@ def mix_lines(base: Sequence[str], tasks: Sequence[tuple[TextTask, float]], numb
     return out
 
 
+def task_stream(tokenizer: Encoder, base: Sequence[str], tasks: Sequence[tuple[TextTask, float]],
+                numbers: Sequence[int], n_lines: int, seed: int = 0, base_name: str = "text",
+                ) -> tuple[list[str], Tensor, Tensor]:
+    """A pre-training stream in one call: ``mix_lines`` then ``encode_lines``. Returns (sources, ids, starts):
+    each line's source, the stream of ids, and where each line starts in it. Introduced in Chapter 4."""
+    lines = mix_lines(base, tasks, numbers, n_lines, seed=seed, base_name=base_name)
+    ids, starts = encode_lines(tokenizer, [line for _, line in lines])
+    return [source for source, _ in lines], ids, starts
+
+
 def token_shares(sources: Sequence[str], starts: Tensor, n_ids: int) -> dict[str, float]:
     """The fraction of a stream's ids that come from each source: ``sources[i]`` is line i's source, ``starts`` and
     ``n_ids`` (the stream's length) are what ``encode_lines`` gave. Introduced in Chapter 4."""
@@ -183,6 +193,16 @@ def greedy_matches(model: nn.Module, tokenizer: Encoder, prompts: Sequence[str],
     finally:
         model.train(was_training)
     return torch.cat(out)
+
+
+def zero_shot_accuracy(model: nn.Module, tokenizer: Encoder, task: TextTask, numbers: Sequence[int],
+                       batch_size: int = 256) -> float:
+    """The fraction of ``numbers`` for which greedy decoding from ``task.prompt(n)`` writes exactly
+    ``task.answer(n)`` (``greedy_matches``): the bare model's zero-shot exact match. Introduced in Chapter 4."""
+    if not numbers:
+        raise ValueError("numbers must hold at least one number")
+    prompts, answers = [task.prompt(n) for n in numbers], [task.answer(n) for n in numbers]
+    return greedy_matches(model, tokenizer, prompts, answers, batch_size).float().mean().item()
 
 
 def greedy_completion(model: GPT, tokenizer: Encoder, prompt: str, max_new_tokens: int,
