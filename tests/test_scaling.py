@@ -9,7 +9,9 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from llmbook.scaling import (
+    BESIROGLU_2024,
     CHINCHILLA,
+    CHINCHILLA_TABLE_3,
     PF_DAY,
     Chinchilla,
     PowerLaw,
@@ -107,3 +109,27 @@ def test_training_compute_in_closed_form_and_gpt3s_budget():
                 lambda: palm_flops_per_token(1, 1, 1, 1, -1), lambda: kaplan_optimal_params(1, 0, 1)):
         with pytest.raises(ValueError, match="must be a finite number"):
             bad()
+
+
+def test_chinchilla_table_3_is_6nd_at_about_20_tokens_per_parameter():
+    n, c, d = np.array(CHINCHILLA_TABLE_3).T
+    # C = 6 N D to the rounding of the printed tokens (67B x 1.5T: 6.03e23 printed as 5.76e23, tokens 1.43T)
+    assert np.all(np.abs(6 * n * d / c - 1) < 0.05)
+    assert np.all((19.9 < d / n) & (d / n < 22.5))  # the "20 tokens per parameter"
+    slope = np.polyfit(np.log(c), np.log(n), 1)[0]  # Approach 1: N_opt proportional to C^0.50
+    assert slope == pytest.approx(0.50, abs=0.01)
+
+
+def test_published_constants_do_not_reproduce_table_3_and_the_2024_refit_does():
+    n, c, d = np.array(CHINCHILLA_TABLE_3).T
+    n_pub, d_pub = CHINCHILLA.optimal(c)
+    assert CHINCHILLA.beta / (CHINCHILLA.alpha + CHINCHILLA.beta) == pytest.approx(0.4516, abs=1e-4)
+    assert np.all(d_pub / n_pub > 30)  # 34 tokens per parameter at 1.92e19 FLOPs, 244 at 1.3e28: not Table 3
+    n_fit, d_fit = BESIROGLU_2024.optimal(c)
+    assert np.all(np.abs(np.log(n_fit / n)) < 0.25)  # within 25% of the table's sizes
+    assert np.all((14 < d_fit / n_fit) & (d_fit / n_fit < 25))
+
+
+def test_kaplans_compute_efficient_size_at_one_pf_day():
+    assert kaplan_optimal_params(PF_DAY) == pytest.approx(1.3e9)
+    assert kaplan_optimal_params(10 * PF_DAY) / kaplan_optimal_params(PF_DAY) == pytest.approx(10**0.73)

@@ -119,6 +119,19 @@ class Chinchilla:
 # Hoffmann et al.'s fitted constants (their Eq. 10 and Approach 3), as published.
 CHINCHILLA = Chinchilla(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
+# Besiroglu, Erdil, Barnett and You (2024, "Chinchilla Scaling: A replication attempt") refitted Approach 3 to the
+# points of Hoffmann et al.'s Figure 4 and found these constants; unlike the published ones, their frontier gives
+# about 20 tokens per parameter, as the paper's Approaches 1 and 2 and its Table 3 do.
+BESIROGLU_2024 = Chinchilla(E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
+
+# Hoffmann et al., Table 3: compute-optimal (parameters, training FLOPs, training tokens), projected with Approach 1
+# (N_opt and D_opt each proportional to C^0.50), as printed.
+CHINCHILLA_TABLE_3 = (
+    (400e6, 1.92e19, 8.0e9), (1e9, 1.21e20, 20.2e9), (10e9, 1.23e22, 205.1e9), (67e9, 5.76e23, 1.5e12),
+    (175e9, 3.85e24, 3.7e12), (280e9, 9.90e24, 5.9e12), (520e9, 3.43e25, 11.0e12), (1e12, 1.27e26, 21.2e12),
+    (10e12, 1.30e28, 216.2e12),
+)
+
 # The paper's grid of initialisations (Appendix D.2): alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1.5},
 # a, b in {0, 5, ..., 25}, where A = e^a, B = e^b, E = e^e.
 PAPER_GRID = dict(alpha=np.arange(0, 2.01, 0.5), beta=np.arange(0, 2.01, 0.5), e=np.arange(-1, 1.51, 0.5),
@@ -214,16 +227,18 @@ def pf_days(flops: float) -> float:
 
 
 KAPLAN_N_EXPONENT = 0.73  # Kaplan et al.: the compute-efficient model size grows as C^0.73
+KAPLAN_N_AT_ONE_PF_DAY = 1.3e9  # ... from 1.3e9 non-embedding parameters at one PF-day (their Eq. 6.1, Figure 14)
 
 
-def kaplan_optimal_params(compute: float, reference_compute: float, reference_params: float,
+def kaplan_optimal_params(compute: float, reference_compute: float = PF_DAY,
+                          reference_params: float = KAPLAN_N_AT_ONE_PF_DAY,
                           exponent: float = KAPLAN_N_EXPONENT) -> float:
     """Kaplan's compute-efficient size, N_opt proportional to C^0.73, scaled from a reference point (C_ref, N_ref):
-    N_ref (C / C_ref)^0.73. Ten times the compute buys 5.4 times the parameters (with Hoffmann et al.'s exponent
-    of about 0.5, 3.2 times).
+    N_ref (C / C_ref)^0.73. The default reference is Kaplan's own, N_opt = 1.3e9 C^0.73 with C in PF-days.
+    Ten times the compute buys 5.4 times the parameters (with Hoffmann et al.'s exponent of about 0.5, 3.2 times).
     Introduced in Chapter 5."""
     for name, value in (("compute", compute), ("reference_compute", reference_compute),
-                        ("reference_params", reference_params)):
+                        ("reference_params", reference_params), ("exponent", exponent)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return reference_params * (compute / reference_compute) ** exponent
