@@ -19,6 +19,7 @@ from llmbook.gpt import (
     build_pair_inputs,
     finetune_loss,
     gpt_parameter_count,
+    non_embedding_parameter_count,
     lm_loss,
     load_hf_gpt2_state_dict,
     load_hf_openai_gpt_state_dict,
@@ -516,3 +517,15 @@ def test_generation_with_and_without_the_cache_gives_the_same_tokens(name):
         for new in (13, 30):  # within the context, and past it (cropped: the cache is left for full passes)
             assert torch.equal(draw(new, True, **kwargs), draw(new, False, **kwargs)), (kwargs, new)
     assert model.training
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_non_embedding_count_is_the_model_without_its_vocabulary_and_position_matrices(tie):
+    config = GPTConfig(vocab_size=80, context_length=128, d_model=48, n_heads=3, n_layers=3, d_ff=192,
+                       final_norm=True, tie_embeddings=tie)
+    model = GPT(config)
+    vocabulary = {id(model.tok_emb.weight), id(model.lm_head.weight), id(model.pos_emb.pos_emb.weight)}
+    rest = sum(p.numel() for p in model.parameters() if id(p) not in vocabulary)
+    assert non_embedding_parameter_count(config) == rest
+    # Kaplan's approximation 12 n_layers d_model^2 leaves out biases and LayerNorms
+    assert abs(rest / (12 * 3 * 48**2) - 1) < 0.04

@@ -116,6 +116,15 @@ def gpt_parameter_count(config: GPTConfig) -> int:
     return config.n_layers * block + embeddings + head + final
 
 
+def non_embedding_parameter_count(config: GPTConfig) -> int:
+    """Kaplan et al.'s N: the parameters of ``GPT(config)`` without the token and position embeddings (and
+    without an untied output layer, the vocabulary's other matrix). About 12 n_layers d_model^2 when d_ff =
+    4 d_model. Introduced in Chapter 5."""
+    D, V = config.d_model, config.vocab_size
+    head = 0 if config.tie_embeddings else V * D
+    return gpt_parameter_count(config) - V * D - config.context_length * D - head
+
+
 def lm_loss(logits: Tensor, tokens: Tensor, pad_id: int | None = None) -> Tensor:
     """Mean cross-entropy of predicting token t + 1 from logits at t: logits (..., T, V), tokens (..., T).
 
