@@ -19,10 +19,10 @@ from llmbook.gpt import (
     build_pair_inputs,
     finetune_loss,
     gpt_parameter_count,
-    non_embedding_parameter_count,
     lm_loss,
     load_hf_gpt2_state_dict,
     load_hf_openai_gpt_state_dict,
+    non_embedding_parameter_count,
     pad_batch,
 )
 
