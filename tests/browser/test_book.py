@@ -286,3 +286,15 @@ def test_chapter3_similarity_menu_switches_sentence_sets(server, browser):
     shown = widget.inner_text()
     assert "I do not love this play." in shown and "The cat sits on the mat." not in shown
     assert not watch.errors and not watch.outside
+
+
+def test_chapter5_budget_slider_moves_the_allocation(server, browser):
+    watch, page, widget = _open_widget(
+        server, browser, "chapters/05_scaling_laws.html", '.widget-vbox:has(.widget-slider:has-text("FLOPs"))'
+    )
+    before = widget.locator("p:visible").first.inner_text()
+    _nudge_first_slider(page, widget)
+    after = widget.locator("p:visible").first.inner_text()
+    assert before.startswith("C = 1e+24 FLOPs") and after.startswith("C = 1e+25 FLOPs"), (before, after)
+    assert "Kaplan" in widget.inner_text()
+    assert not watch.errors and not watch.outside
