@@ -32,6 +32,19 @@ def causal_mask(T: int, device: torch.device | str | None = None, S: int | None 
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)  # (T, S)
 
 
+def banded_mask(T: int, window: int, device: torch.device | str | None = None, S: int | None = None) -> Tensor:
+    """(T, S) boolean mask of locally banded causal attention: query t (at position S - T + t) sees the ``window``
+    positions ending at its own, max(0, p - window + 1) .. p. GPT-3 alternates such layers with dense ones (its
+    section 2.1, after the Sparse Transformer); with ``window >= S`` the band is the causal mask. Introduced in
+    Chapter 6.
+    """
+    if not (isinstance(window, int) and window >= 1):
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    causal = causal_mask(T, device=device, S=S)  # (T, S)
+    too_old = torch.ones_like(causal).tril(diagonal=causal.shape[1] - T - window)  # keys window or more back
+    return causal & ~too_old
+
+
 def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     """(B, 1, 1, S) boolean mask, True where the key token is not padding.
 

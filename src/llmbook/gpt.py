@@ -31,7 +31,8 @@ logits; ``hidden_states(tokens)`` the last layer's output (B, T, D); ``attention
 n_layers weights (B, H, T, T). Token ids are checked by ``llmbook.config.check_token_ids``; Hugging Face weights load
 through ``load_hf_openai_gpt_state_dict(model, hf_state_dict)`` (GPT-1) and ``load_hf_gpt2_state_dict`` (GPT-2),
 which return the Hugging Face keys they leave unused. ``forward(tokens, cache)`` decodes incrementally with a
-key-value cache per layer (``new_cache``); ``generate`` uses it.
+key-value cache per layer (``new_cache``); ``generate`` uses it. ``local_window`` switches on GPT-3's alternating
+dense and locally banded layers (Chapter 6, ``llmbook.gpt3``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmbook.attention import KVCache
-from llmbook.config import check_model_config, check_token_ids
+from llmbook.attention import KVCache, banded_mask
+from llmbook.config import check_int, check_model_config, check_token_ids
 from llmbook.decoding import greedy_decode, sample
 from llmbook.layers import EncoderLayer
 from llmbook.positional import LearnedPositionalEmbedding
@@ -74,12 +75,16 @@ class GPTConfig:
     scaled_residual_init: bool = False
     attn_impl: str = "fused"
     layer_norm_eps: float = 1e-5
+    # 0: every layer attends to all earlier positions. w > 0: GPT-3's alternating pattern, layers 1, 3, 5, ... are
+    # locally banded (each position sees the last w positions, its own included), the others dense.
+    local_window: int = 0
 
     def __post_init__(self) -> None:
         check_model_config(
             self, ("vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff"),
             ("norm_first", "final_norm", "tie_embeddings", "scaled_residual_init"),
         )
+        check_int(self, "local_window", 0, allowed="an integer >= 0 (0 = every layer dense)")
 
 
 def _gpt2(n_layers: int, d_model: int, n_heads: int) -> GPTConfig:
@@ -212,8 +217,14 @@ class GPT(nn.Module):
         x = self._embed(tokens, start)  # h_0, (B, T, D)
         for i, layer in enumerate(self.layers):
             # h_l = block(h_{l-1}): position t attends to 0..t (the cached positions and these)
-            x, _ = layer(x, is_causal=True, cache=None if cache is None else cache[i])
+            x, _ = layer(x, mask=self._layer_mask(i, tokens.shape[1], start, tokens.device), is_causal=True,
+                         cache=None if cache is None else cache[i])
         return self.final_norm(x)
+
+    def _layer_mask(self, layer: int, T: int, start: int, device: torch.device) -> Tensor | None:
+        """The band of layer ``layer`` (T, start + T) when it is one of the locally banded layers, else None."""
+        w = self.config.local_window
+        return banded_mask(T, w, device=device, S=start + T) if w and layer % 2 == 1 else None
 
     def forward(self, tokens: Tensor, cache: list[KVCache] | None = None) -> Tensor:
         """tokens (B, T) -> logits (B, T, V), where position t predicts token t + 1.
@@ -227,8 +238,9 @@ class GPT(nn.Module):
         """tokens (B, T) -> n_layers attention weights (B, H, T, T), rows are queries (manual attention path)."""
         x = self._embed(tokens)
         weights = []
-        for layer in self.layers:
-            x, w = layer(x, need_weights=True, is_causal=True)
+        for i, layer in enumerate(self.layers):
+            x, w = layer(x, mask=self._layer_mask(i, tokens.shape[1], 0, tokens.device), need_weights=True,
+                         is_causal=True)
             weights.append(w)
         return weights
 
