@@ -18,6 +18,7 @@ from llmbook.gpt import (
     build_classification_input,
     build_pair_inputs,
     finetune_loss,
+    gpt2_config,
     gpt_parameter_count,
     lm_loss,
     load_hf_gpt2_state_dict,
@@ -529,3 +530,9 @@ def test_non_embedding_count_is_the_model_without_its_vocabulary_and_position_ma
     assert non_embedding_parameter_count(config) == rest
     # Kaplan's approximation 12 n_layers d_model^2 leaves out biases and LayerNorms
     assert abs(rest / (12 * 3 * 48**2) - 1) < 0.04
+
+
+def test_gpt2_config_is_the_presets_block_at_any_size():
+    assert gpt2_config(12, 768, 12) == PRESETS["gpt2"]
+    small = gpt2_config(2, 32, 2, vocab_size=80, context_length=64, dropout=0.0)
+    assert (small.norm_first, small.final_norm, small.scaled_residual_init, small.d_ff) == (True, True, True, 128)

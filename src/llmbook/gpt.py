@@ -87,13 +87,18 @@ class GPTConfig:
         check_int(self, "local_window", 0, allowed="an integer >= 0 (0 = every layer dense)")
 
 
-def _gpt2(n_layers: int, d_model: int, n_heads: int) -> GPTConfig:
-    """GPT-2 (the paper's section 2.3 and OpenAI's code): GPT-1's blocks made pre-LN, a final LayerNorm, the scaled
-    residual init, 50,257 byte-level BPE tokens, 1,024 positions, d_ff = 4 d_model, GELU in its tanh form. Dropout
-    stays GPT-1's 0.1 (the paper gives none; Hugging Face's GPT2Config has 0.1)."""
-    return GPTConfig(vocab_size=50257, context_length=1024, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
-                     d_ff=4 * d_model, activation="gelu_tanh", norm_first=True, final_norm=True,
-                     scaled_residual_init=True, layer_norm_eps=1e-5)
+def gpt2_config(n_layers: int, d_model: int, n_heads: int, vocab_size: int = 50257, context_length: int = 1024,
+                dropout: float = 0.1) -> GPTConfig:
+    """GPT-2's block at any size (the paper's section 2.3 and OpenAI's code): GPT-1's blocks made pre-LN, a final
+    LayerNorm, the scaled residual init, d_ff = 4 d_model, GELU in its tanh form; by default GPT-2's 50,257
+    byte-level BPE tokens and 1,024 positions. Dropout defaults to GPT-1's 0.1 (the paper gives none; Hugging
+    Face's GPT2Config has 0.1). The presets and Chapter 5's sweep use it."""
+    return GPTConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model, n_heads=n_heads,
+                     n_layers=n_layers, d_ff=4 * d_model, dropout=dropout, activation="gelu_tanh", norm_first=True,
+                     final_norm=True, scaled_residual_init=True, layer_norm_eps=1e-5)
+
+
+_gpt2 = gpt2_config
 
 
 PRESETS: dict[str, GPTConfig] = {
