@@ -118,10 +118,38 @@ def test_gpt1_parameter_count_closed_form_meta_model_and_hugging_face():
 
 
 @pytest.mark.parametrize("changes", [{}, {"tie_embeddings": False}, {"final_norm": True, "norm_first": True},
-                                     {"d_ff": 48, "n_layers": 3}])
+                                     {"d_ff": 48, "n_layers": 3}, {"d_ff": 0}, {"d_ff": 0, "norm_first": True}])
 def test_parameter_count_closed_form_for_variants(changes):
     config = dataclasses.replace(TINY, **changes)
     assert count_parameters(GPT(config)) == gpt_parameter_count(config)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_attention_only_blocks_equal_blocks_whose_feed_forward_adds_nothing(norm_first):
+    # d_ff = 0 leaves the feed-forward sub-layer out. Pre-LN: a block whose feed-forward outputs zero adds
+    # nothing (x + 0), the same function. Post-LN: it still normalises once more, so the two differ.
+    changes = dict(norm_first=norm_first, final_norm=norm_first, scaled_residual_init=norm_first)
+    torch.manual_seed(0)
+    attention_only = GPT(dataclasses.replace(TINY, d_ff=0, **changes)).eval()
+    with_ff = GPT(dataclasses.replace(TINY, d_ff=8, **changes)).eval()
+    missing, unexpected = with_ff.load_state_dict(attention_only.state_dict(), strict=False)
+    assert unexpected == [] and all(".ff." in k or ".norm2." in k for k in missing) and missing
+    for layer in with_ff.layers:
+        torch.nn.init.zeros_(layer.ff.W_2.weight)
+        torch.nn.init.zeros_(layer.ff.W_2.bias)
+    assert all(layer.ff is None and layer.norm2 is None for layer in attention_only.layers)
+    tokens = torch.randint(0, TINY.vocab_size, (2, 16))
+    with torch.no_grad():
+        ours, reference = attention_only(tokens), with_ff(tokens)
+    if norm_first:
+        torch.testing.assert_close(ours, reference)
+    else:  # post-LN: the reference normalises once more after its zero feed-forward
+        assert not torch.allclose(ours, reference)
+
+
+def test_attention_only_config_rejects_a_negative_width():
+    with pytest.raises(ValueError, match="d_ff"):
+        dataclasses.replace(TINY, d_ff=-1)
 
 
 def test_causality_future_tokens_do_not_change_past_logits():

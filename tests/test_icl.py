@@ -1,4 +1,5 @@
-"""llmbook.icl: episodes hold one mapping each (fresh or fixed), shots are counted right, the scorer is exact."""
+"""llmbook.icl: episodes hold one mapping each (fresh or fixed), shots are counted right, the scorer is exact;
+repeats are rotated copies; the counting baseline and the head scores are exact on hand-made cases."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmbook.gpt import GPT, GPTConfig
-from llmbook.icl import Episodes, episode_loss, score_by_shots
+from llmbook.icl import (
+    Episodes,
+    Repeats,
+    counting_baseline,
+    episode_loss,
+    induction_scores,
+    mixture_batch,
+    mixture_loss,
+    previous_token_scores,
+    repeat_loss,
+    score_by_shots,
+)
 
 
 def _mapping(keys, values):
@@ -102,3 +114,98 @@ def test_episode_loss_is_the_cross_entropy_of_the_values_only():
     logits = model(tokens)
     manual = F.cross_entropy(logits[:, 0::2].reshape(-1, task.vocab_size), tokens[:, 1::2].reshape(-1))
     torch.testing.assert_close(episode_loss(model, tokens), manual)
+
+
+def test_repeats_are_distinct_tokens_then_the_same_tokens_rotated():
+    repeats = Repeats(vocab_size=20, length=7)
+    tokens = repeats.sample(64, torch.Generator().manual_seed(0))
+    assert tokens.shape == (64, 14) and int(tokens.max()) < 20
+    offsets = set()
+    for row in tokens.tolist():
+        first, second = row[:7], row[7:]
+        assert len(set(first)) == 7
+        offset = first.index(second[0])
+        assert second == first[offset:] + first[:offset]
+        offsets.add(offset)
+    assert offsets == set(range(7))  # every rotation occurs
+    assert torch.equal(tokens, repeats.sample(64, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("bad", [dict(vocab_size=1), dict(length=1), dict(vocab_size=5, length=6)])
+def test_bad_repeats_are_refused(bad):
+    with pytest.raises(ValueError, match="vocab_size|length"):
+        Repeats(**bad)
+
+
+def test_repeat_loss_scores_the_second_half_after_its_first_token():
+    model = GPT(GPTConfig(vocab_size=20, context_length=14, d_model=16, n_heads=2, n_layers=1, d_ff=0,
+                          dropout=0.0))
+    tokens = Repeats(vocab_size=20, length=7).sample(3, torch.Generator().manual_seed(1))
+    logits = model(tokens)
+    manual = F.cross_entropy(logits[:, 7:13].reshape(-1, 20), tokens[:, 8:].reshape(-1))
+    torch.testing.assert_close(repeat_loss(model, tokens), manual)
+
+
+def test_mixture_batches_and_loss():
+    episodes, repeats = Episodes(n_keys=8, n_values=4, keys_per_episode=3, n_pairs=5), Repeats(12, 5)
+    batch = mixture_batch(episodes, repeats, 6)
+    first = batch(4)
+    assert [t.shape for t in first] == [(6, 10), (6, 10)]
+    assert all(torch.equal(a, b) for a, b in zip(first, batch(4), strict=True))
+    assert len(mixture_batch(episodes, None, 6)(4)) == 1
+    model = GPT(GPTConfig(vocab_size=12, context_length=10, d_model=16, n_heads=2, n_layers=1, d_ff=0,
+                          dropout=0.0))
+    both = (episode_loss(model, first[0]) + repeat_loss(model, first[1])) / 2
+    torch.testing.assert_close(mixture_loss(model, first), both)
+    torch.testing.assert_close(mixture_loss(model, first[:1]), episode_loss(model, first[0]))
+    with pytest.raises(ValueError, match="vocab_size"):
+        mixture_batch(episodes, Repeats(13, 5), 6)
+    with pytest.raises(ValueError, match="batch_size"):
+        mixture_batch(episodes, repeats, 0)
+
+
+def test_counting_baseline_on_a_hand_made_episode():
+    # keys 0, 1, 2; values 3, 4, 5, 6. Pairs (0, 3) (1, 4) (0, 3) (2, 4) (0, 3), shots 0 0 1 0 2.
+    episodes = Episodes(n_keys=3, n_values=4, keys_per_episode=3, n_pairs=5)
+    tokens = torch.tensor([[0, 3, 1, 4, 0, 3, 2, 4, 0, 3]])
+    shots = torch.tensor([[0, 0, 1, 0, 2]])
+    # pair 1: nothing seen, a tie of 4 values (1/4); pair 2: answers 3, wrong; pair 3: tie of 3 and 4 (1/2);
+    # pair 4: answers 3 (seen twice), wrong; pair 5: tie of 3 and 4 (1/2)
+    baseline = counting_baseline(episodes, tokens, shots, max_shots=2)
+    torch.testing.assert_close(baseline, torch.tensor([(0.25 + 0 + 0) / 3, 0.5, 0.5]))
+    with pytest.raises(ValueError, match="value token"):
+        counting_baseline(episodes, tokens - 1, shots, max_shots=2)
+
+
+class FixedAttention(nn.Module):
+    """A stand-in for a GPT whose attention_weights are given: 1 layer, 2 heads."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.weights = weights
+
+    def attention_weights(self, tokens):
+        return [self.weights]
+
+
+def test_induction_and_previous_token_scores_of_hand_made_heads():
+    tokens = torch.tensor([[5, 6, 7, 5, 6, 7]])
+    T = 6
+    induction = torch.zeros(1, T, T)  # head 0: from the second 5, 6, 7 to the 6, 7, 5 after the first ones
+    for i, j in ((3, 1), (4, 2), (5, 3)):
+        induction[0, i, j] = 1
+    for i in range(3):  # positions without an earlier occurrence: anywhere (not scored)
+        induction[0, i, 0] = 1
+    previous = torch.zeros(1, T, T)  # head 1: always the token before
+    previous[0, 0, 0] = 1
+    for i in range(1, T):
+        previous[0, i, i - 1] = 1
+    model = FixedAttention(torch.stack([induction, previous], 1))  # (B, H, T, T)
+    torch.testing.assert_close(induction_scores(model, tokens), torch.tensor([[1.0, 0.0]]))
+    # head 0 attends from position 1 to 0, the previous token: 1 of the 5 scored positions
+    torch.testing.assert_close(previous_token_scores(model, tokens), torch.tensor([[0.2, 1.0]]))
+    only_last = torch.zeros(1, T, dtype=torch.bool)
+    only_last[0, 5] = True  # position 5: head 0 attends to 3, not to 4
+    torch.testing.assert_close(previous_token_scores(model, tokens, only_last), torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="earlier occurrence"):
+        induction_scores(model, torch.tensor([[0, 1, 2, 3, 4, 5]]))

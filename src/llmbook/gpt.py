@@ -81,9 +81,10 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         check_model_config(
-            self, ("vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff"),
+            self, ("vocab_size", "context_length", "d_model", "n_heads", "n_layers"),
             ("norm_first", "final_norm", "tie_embeddings", "scaled_residual_init"),
         )
+        check_int(self, "d_ff", 0, allowed="an integer >= 0 (0 = attention-only blocks, no feed-forward)")
         check_int(self, "local_window", 0, allowed="an integer >= 0 (0 = every layer dense)")
 
 
@@ -118,8 +119,8 @@ def gpt_parameter_count(config: GPTConfig) -> int:
     """Closed-form number of parameters of ``GPT(config)`` (a tied matrix counted once). Introduced in Chapter 2."""
     D, F_, V = config.d_model, config.d_ff, config.vocab_size
     attention = 4 * (D * D + D)  # W_q, W_k, W_v, W_o with biases
-    feed_forward = D * F_ + F_ + F_ * D + D  # W_1, W_2 with biases
-    block = attention + feed_forward + 2 * 2 * D  # two LayerNorms, gain and bias each
+    feed_forward = D * F_ + F_ + F_ * D + D + 2 * D if F_ else 0  # W_1, W_2 with biases, and its LayerNorm
+    block = attention + 2 * D + feed_forward  # attention's LayerNorm, gain and bias
     embeddings = V * D + config.context_length * D  # tokens and positions
     head = 0 if config.tie_embeddings else V * D
     final = 2 * D if config.final_norm else 0
@@ -189,7 +190,7 @@ class GPT(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
         if isinstance(module, EncoderLayer) and self.config.scaled_residual_init:
-            for linear in (module.self_attn.W_o, module.ff.W_2):
+            for linear in (module.self_attn.W_o, *([module.ff.W_2] if module.ff is not None else [])):
                 nn.init.normal_(linear.weight, std=std / math.sqrt(2 * self.config.n_layers))
 
     def _embed(self, tokens: Tensor, start: int = 0) -> Tensor:

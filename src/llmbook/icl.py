@@ -11,6 +11,12 @@ control: it then answers at 0 shots too).
 
 The model is trained and scored only on the value positions (``episode_loss``, ``score_by_shots``). Tokens:
 keys are ids 0 .. n_keys - 1, values n_keys .. n_keys + n_values - 1. Introduced in Chapter 6.
+
+``Repeats`` are the other half of Chapter 6's training mixture: random tokens followed by the same tokens again,
+rotated by a random offset, so that every token of the second half is predicted by finding it in the first half
+and copying what came next (and by nothing else: the tokens of a sequence are distinct). ``counting_baseline`` is
+the shortcut a model can find in the episodes without looking up keys, ``induction_scores`` and
+``previous_token_scores`` measure the two heads of the circuit that does look them up (Olsson et al. 2022).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmbook.config import check_bool, check_int
+from llmbook.gpt import GPT
 
 
 @dataclass(frozen=True)
@@ -123,3 +130,118 @@ def score_by_shots(model: nn.Module, tokens: Tensor, shots: Tensor, max_shots: i
         out["accuracy"][k] = correct[where].mean()
         out["log_prob"][k] = target_lp[where].mean()
     return out
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """Sequences ``x_1 .. x_L`` of distinct random tokens followed by the same tokens rotated by a random offset r,
+    ``x_{r+1} .. x_L x_1 .. x_r``: 2 L tokens. From the second token of the second half on, each token is the one
+    that followed its predecessor in the first half (except at the wrap-around, ``x_1`` after ``x_L``)."""
+
+    vocab_size: int = 48
+    length: int = 16  # L, half the sequence
+
+    def __post_init__(self) -> None:
+        check_int(self, "vocab_size", 2)
+        check_int(self, "length", 2, self.vocab_size, allowed=f"an integer in [2, vocab_size={self.vocab_size}]")
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n sequences (n, 2 length)."""
+        if not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        L = self.length
+        first = torch.rand(n, self.vocab_size, generator=generator).argsort(dim=1)[:, :L]  # distinct tokens
+        offset = torch.randint(0, L, (n, 1), generator=generator)
+        second = first.gather(1, (torch.arange(L) + offset) % L)
+        return torch.cat([first, second], dim=1)
+
+
+def repeat_loss(model: nn.Module, tokens: Tensor) -> Tensor:
+    """Mean cross-entropy of the second half of ``Repeats`` sequences (B, 2L), its first token excluded (the
+    offset makes it unpredictable). Introduced in Chapter 6."""
+    L = tokens.shape[1] // 2
+    logits = model(tokens)[:, L:-1, :]  # the positions L .. 2L - 2 predict tokens L + 1 .. 2L - 1
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, L + 1:].reshape(-1))
+
+
+def mixture_batch(episodes: Episodes, repeats: Repeats | None, batch_size: int
+                  ) -> Callable[[int], tuple[Tensor, ...]]:
+    """``batch(step) -> (episode tokens,)`` or, with ``repeats``, ``(episode tokens, repeat tokens)``:
+    ``batch_size`` of each, drawn from a generator seeded with the step. Pair it with ``mixture_loss``."""
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if repeats is not None and repeats.vocab_size > episodes.vocab_size:
+        raise ValueError(f"repeats.vocab_size ({repeats.vocab_size}) must be at most the episodes' vocab_size "
+                         f"({episodes.vocab_size}): the model has one vocabulary")
+
+    def batch(step: int) -> tuple[Tensor, ...]:
+        generator = torch.Generator().manual_seed(step)
+        tokens = episodes.sample(batch_size, generator)[0]
+        return (tokens,) if repeats is None else (tokens, repeats.sample(batch_size, generator))
+
+    return batch
+
+
+def mixture_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+    """The loss of a ``mixture_batch``: ``episode_loss`` of the episodes, averaged with ``repeat_loss`` of the
+    repeats when the batch has them. Introduced in Chapter 6."""
+    loss = episode_loss(model, batch[0])
+    return loss if len(batch) == 1 else (loss + repeat_loss(model, batch[1])) / 2
+
+
+def counting_baseline(episodes: Episodes, tokens: Tensor, shots: Tensor, max_shots: int) -> Tensor:
+    """Accuracy by shots (as ``score_by_shots``) of the shortcut that ignores which key is asked: answer the value
+    seen most often so far in the episode (ties shared, so the expected accuracy of a random tie-break). It beats
+    chance because the asked key tends to be one that occurred often. tokens (B, 2P), shots (B, P) of
+    ``episodes``."""
+    if not (isinstance(max_shots, int) and max_shots >= 0):
+        raise ValueError(f"max_shots must be an integer >= 0, got {max_shots!r}")
+    values = tokens[:, 1::2] - episodes.n_keys  # (B, P)
+    if bool((values < 0).any() | (values >= episodes.n_values).any()):
+        raise ValueError(f"every odd position must hold a value token: ids in [{episodes.n_keys}, "
+                         f"{episodes.vocab_size})")
+    counts = F.one_hot(values, episodes.n_values).cumsum(1)  # (B, P, n_values): counts up to pair i
+    before = torch.cat([torch.zeros_like(counts[:, :1]), counts[:, :-1]], 1)  # strictly before pair i
+    best = before == before.max(-1, keepdim=True).values
+    hit = best.gather(-1, values[..., None])[..., 0] / best.sum(-1)
+    bucket = shots.clamp(max=max_shots)
+    return torch.stack([hit[bucket == k].float().mean() for k in range(max_shots + 1)])
+
+
+@torch.no_grad()
+def induction_scores(model: GPT, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+    """(n_layers, n_heads): the attention weight each head puts, from a token that occurred before, on the tokens
+    that followed its earlier occurrences (an induction head: 1 when it attends only there), averaged over the
+    query positions where such an earlier occurrence exists (and ``positions`` (B, T), a boolean mask, allows).
+    ``model`` is a GPT (its ``attention_weights``). Introduced in Chapter 6."""
+    B, T = tokens.shape
+    same = tokens[:, :, None] == tokens[:, None, :]  # (B, T, T): query i, key j hold the same token
+    earlier = same & torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril(-1)
+    target = torch.zeros_like(earlier)
+    target[:, :, 1:] = earlier[:, :, :-1]  # j + 1 follows an earlier occurrence j of token i (j + 1 <= i)
+    query = earlier.any(-1) if positions is None else earlier.any(-1) & positions
+    if not bool(query.any()):
+        raise ValueError("no query position has an earlier occurrence of its token")
+    return _mean_mass(model, tokens, target, query)
+
+
+@torch.no_grad()
+def previous_token_scores(model: GPT, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+    """(n_layers, n_heads): the attention weight each head puts on the position just before the query, averaged
+    over the query positions 1 .. T - 1 (those ``positions`` (B, T) allows). Introduced in Chapter 6."""
+    B, T = tokens.shape
+    target = torch.zeros(B, T, T, dtype=torch.bool, device=tokens.device)
+    target[:, torch.arange(1, T), torch.arange(T - 1)] = True
+    query = target.any(-1) if positions is None else target.any(-1) & positions
+    if not bool(query.any()):
+        raise ValueError("positions allows no query position after the first")
+    return _mean_mass(model, tokens, target, query)
+
+
+def _mean_mass(model: GPT, tokens: Tensor, target: Tensor, query: Tensor) -> Tensor:
+    was_training = model.training
+    model.eval()
+    weights = torch.stack(model.attention_weights(tokens), 1).float()  # (B, n_layers, H, T, T)
+    model.train(was_training)
+    mass = (weights * target[:, None, None]).sum(-1)  # (B, n_layers, H, T)
+    return (mass * query[:, None, None]).sum((0, 3)) / query.sum()

@@ -40,7 +40,11 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention then feed-forward, each with residual + LayerNorm. Introduced in Chapter 1."""
+    """Self-attention then feed-forward, each with residual + LayerNorm. Introduced in Chapter 1.
+
+    ``d_ff=0`` leaves the feed-forward sub-layer (and its LayerNorm) out: an attention-only block, the toy models
+    of Elhage et al. (2021) and Olsson et al. (2022) that Chapter 6 trains.
+    """
 
     def __init__(
         self,
@@ -57,8 +61,8 @@ class EncoderLayer(nn.Module):
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, attn_impl=attn_impl)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.ff = FeedForward(d_model, d_ff, dropout, activation)
-        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.ff = FeedForward(d_model, d_ff, dropout, activation) if d_ff else None
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps) if d_ff else None
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -77,11 +81,13 @@ class EncoderLayer(nn.Module):
             a, weights = self.self_attn(self.norm1(x), mask=mask, need_weights=need_weights, is_causal=is_causal,
                                         cache=cache)
             x = x + self.dropout(a)
-            x = x + self.dropout(self.ff(self.norm2(x)))
+            if self.ff is not None and self.norm2 is not None:
+                x = x + self.dropout(self.ff(self.norm2(x)))
         else:
             a, weights = self.self_attn(x, mask=mask, need_weights=need_weights, is_causal=is_causal, cache=cache)
             x = self.norm1(x + self.dropout(a))
-            x = self.norm2(x + self.dropout(self.ff(x)))
+            if self.ff is not None and self.norm2 is not None:
+                x = self.norm2(x + self.dropout(self.ff(x)))
         return x, weights
 
 
