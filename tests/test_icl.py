@@ -147,21 +147,25 @@ def test_repeat_loss_scores_the_second_half_after_its_first_token():
 
 
 def test_mixture_batches_and_loss():
-    episodes, repeats = Episodes(n_keys=8, n_values=4, keys_per_episode=3, n_pairs=5), Repeats(12, 5)
-    batch = mixture_batch(episodes, repeats, 6)
+    episodes, repeats = Episodes(n_keys=8, n_values=4, keys_per_episode=3, n_pairs=5), Repeats(12, 4)
+    batch = mixture_batch(episodes, repeats, 8, repeat_share=0.75)
     first = batch(4)
-    assert [t.shape for t in first] == [(6, 10), (6, 10)]
+    assert [t.shape for t in first] == [(2, 10), (6, 8)]
     assert all(torch.equal(a, b) for a, b in zip(first, batch(4), strict=True))
-    assert len(mixture_batch(episodes, None, 6)(4)) == 1
+    assert [t.shape for t in mixture_batch(episodes, repeats, 8, 0.0)(4)] == [(8, 10), (0, 8)]
     model = GPT(GPTConfig(vocab_size=12, context_length=10, d_model=16, n_heads=2, n_layers=1, d_ff=0,
                           dropout=0.0))
-    both = (episode_loss(model, first[0]) + repeat_loss(model, first[1])) / 2
+    # 2 episodes x 5 values and 6 repeats x 3 predicted tokens: the mean over all 28 predictions
+    both = (10 * episode_loss(model, first[0]) + 18 * repeat_loss(model, first[1])) / 28
     torch.testing.assert_close(mixture_loss(model, first), both)
-    torch.testing.assert_close(mixture_loss(model, first[:1]), episode_loss(model, first[0]))
+    only_episodes = mixture_batch(episodes, repeats, 8, 0.0)(4)
+    torch.testing.assert_close(mixture_loss(model, only_episodes), episode_loss(model, only_episodes[0]))
     with pytest.raises(ValueError, match="vocab_size"):
-        mixture_batch(episodes, Repeats(13, 5), 6)
+        mixture_batch(episodes, Repeats(13, 5), 6, 0.5)
     with pytest.raises(ValueError, match="batch_size"):
-        mixture_batch(episodes, repeats, 0)
+        mixture_batch(episodes, repeats, 0, 0.5)
+    with pytest.raises(ValueError, match="repeat_share"):
+        mixture_batch(episodes, repeats, 8, 1.5)
 
 
 def test_counting_baseline_on_a_hand_made_episode():

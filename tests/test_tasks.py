@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from llmbook.tasks import (
     TRANSLATION,
     TextTask,
     encode_lines,
+    few_shot_accuracy,
+    few_shot_prompt,
     greedy_completion,
     greedy_matches,
     mix_lines,
@@ -163,3 +166,31 @@ def test_zero_shot_accuracy_is_the_mean_of_greedy_matches(model):
     assert zero_shot_accuracy(model, TOKENIZER, task, numbers) == pytest.approx(matches.float().mean().item())
     with pytest.raises(ValueError, match="at least one number"):
         zero_shot_accuracy(model, TOKENIZER, task, [])
+
+
+def test_few_shot_prompt_is_finished_sentences_then_the_prompt():
+    prompt = few_shot_prompt(TRANSLATION, [150, 42], 784)
+    assert prompt.split("\n") == [TRANSLATION.sentence(150), TRANSLATION.sentence(42), TRANSLATION.prompt(784)]
+    assert few_shot_prompt(TRANSLATION, [], 784) == TRANSLATION.prompt(784)
+    with pytest.raises(ValueError, match="among the demonstrations"):
+        few_shot_prompt(TRANSLATION, [784], 784)
+
+
+def test_few_shot_accuracy_draws_k_other_demonstrations_and_scores_greedy_matches():
+    tokenizer = CharTokenizer(ALPHABET + "\n")  # a prompt holds one sentence per line
+    seed_everything(0)
+    model = GPT(dataclasses.replace(PRESETS["tiny"], vocab_size=tokenizer.vocab_size, context_length=24)).eval()
+    task = TextTask("copy", "{x} {y}.", source=lambda n: "abc"[: 1 + n % 3], target=lambda n: "ab"[n % 2])
+    numbers, pool = list(range(6)), list(range(8))
+    assert few_shot_accuracy(model, tokenizer, task, numbers, pool, 0) == zero_shot_accuracy(
+        model, tokenizer, task, numbers)
+    # the same seeded draw, by hand: k numbers from the pool without the query
+    rng = random.Random(3)
+    prompts = [few_shot_prompt(task, rng.sample([d for d in pool if d != n], 2), n) for n in numbers]
+    matches = greedy_matches(model, tokenizer, prompts, [task.answer(n) for n in numbers])
+    assert few_shot_accuracy(model, tokenizer, task, numbers, pool, 2, seed=3) == pytest.approx(
+        matches.float().mean().item())
+    with pytest.raises(ValueError, match="demonstration numbers"):
+        few_shot_accuracy(model, tokenizer, task, numbers, [0, 1], 2)
+    with pytest.raises(ValueError, match="k must be"):
+        few_shot_accuracy(model, tokenizer, task, numbers, pool, -1)

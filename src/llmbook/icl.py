@@ -164,29 +164,42 @@ def repeat_loss(model: nn.Module, tokens: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, L + 1:].reshape(-1))
 
 
-def mixture_batch(episodes: Episodes, repeats: Repeats | None, batch_size: int
-                  ) -> Callable[[int], tuple[Tensor, ...]]:
-    """``batch(step) -> (episode tokens,)`` or, with ``repeats``, ``(episode tokens, repeat tokens)``:
-    ``batch_size`` of each, drawn from a generator seeded with the step. Pair it with ``mixture_loss``."""
+def mixture_batch(episodes: Episodes, repeats: Repeats, batch_size: int, repeat_share: float
+                  ) -> Callable[[int], tuple[Tensor, Tensor]]:
+    """``batch(step) -> (episode tokens, repeat tokens)``: of ``batch_size`` sequences, ``round(repeat_share *
+    batch_size)`` are ``Repeats`` and the rest episodes (either part may be empty), drawn from a generator seeded
+    with the step. Pair it with ``mixture_loss``."""
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if repeats is not None and repeats.vocab_size > episodes.vocab_size:
+    if not (isinstance(repeat_share, (int, float)) and 0 <= repeat_share <= 1):
+        raise ValueError(f"repeat_share must be a number in [0, 1], got {repeat_share!r}")
+    if repeats.vocab_size > episodes.vocab_size:
         raise ValueError(f"repeats.vocab_size ({repeats.vocab_size}) must be at most the episodes' vocab_size "
                          f"({episodes.vocab_size}): the model has one vocabulary")
+    n_repeats = round(repeat_share * batch_size)
 
-    def batch(step: int) -> tuple[Tensor, ...]:
+    def part(sample: Callable[[int, torch.Generator], Tensor], n: int, length: int,
+             generator: torch.Generator) -> Tensor:
+        return sample(n, generator) if n else torch.zeros(0, length, dtype=torch.long)
+
+    def batch(step: int) -> tuple[Tensor, Tensor]:
         generator = torch.Generator().manual_seed(step)
-        tokens = episodes.sample(batch_size, generator)[0]
-        return (tokens,) if repeats is None else (tokens, repeats.sample(batch_size, generator))
+        tokens = part(lambda n, g: episodes.sample(n, g)[0], batch_size - n_repeats, episodes.length, generator)
+        return tokens, part(repeats.sample, n_repeats, 2 * repeats.length, generator)
 
     return batch
 
 
-def mixture_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-    """The loss of a ``mixture_batch``: ``episode_loss`` of the episodes, averaged with ``repeat_loss`` of the
-    repeats when the batch has them. Introduced in Chapter 6."""
-    loss = episode_loss(model, batch[0])
-    return loss if len(batch) == 1 else (loss + repeat_loss(model, batch[1])) / 2
+def mixture_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """The loss of a ``mixture_batch``: the mean cross-entropy over all its predictions, the values of the episodes
+    (``episode_loss``) and the second halves of the repeats (``repeat_loss``). Introduced in Chapter 6."""
+    episodes, repeats = batch
+    parts = [(episode_loss(model, episodes), episodes.shape[0] * (episodes.shape[1] // 2)),
+             (repeat_loss(model, repeats), repeats.shape[0] * (repeats.shape[1] // 2 - 1))]
+    parts = [(loss, n) for loss, n in parts if n]
+    if not parts:
+        raise ValueError("the batch holds no sequence")
+    return torch.stack([loss * n for loss, n in parts]).sum() / sum(n for _, n in parts)
 
 
 def counting_baseline(episodes: Episodes, tokens: Tensor, shots: Tensor, max_shots: int) -> Tensor:

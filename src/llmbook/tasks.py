@@ -205,6 +205,34 @@ def zero_shot_accuracy(model: nn.Module, tokenizer: Encoder, task: TextTask, num
     return greedy_matches(model, tokenizer, prompts, answers, batch_size).float().mean().item()
 
 
+def few_shot_prompt(task: TextTask, demonstrations: Sequence[int], query: int) -> str:
+    """GPT-3's K-shot prompt in a task's own format: the finished sentences of the ``demonstrations`` (K numbers),
+    one per line, then the prompt of ``query``. K = 0 is the zero-shot prompt. Introduced in Chapter 6."""
+    if query in demonstrations:
+        raise ValueError(f"the query {query} is among the demonstrations: its answer would be in the prompt")
+    return "\n".join([*(task.sentence(n) for n in demonstrations), task.prompt(query)])
+
+
+def few_shot_accuracy(model: nn.Module, tokenizer: Encoder, task: TextTask, numbers: Sequence[int],
+                      demonstration_numbers: Sequence[int], k: int, seed: int = 0, batch_size: int = 64) -> float:
+    """Exact match (``greedy_matches``) of ``task`` on ``numbers`` with ``k`` demonstrations before each query,
+    drawn without replacement from ``demonstration_numbers`` (seeded; a query is never its own demonstration).
+    ``k=0`` is ``zero_shot_accuracy``. Introduced in Chapter 6."""
+    if not (isinstance(k, int) and k >= 0):
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")
+    if not numbers:
+        raise ValueError("numbers must hold at least one number")
+    rng = random.Random(seed)
+    prompts = []
+    for n in numbers:
+        pool = [d for d in demonstration_numbers if d != n]
+        if len(pool) < k:
+            raise ValueError(f"k={k} demonstrations need at least {k} demonstration numbers besides the query")
+        prompts.append(few_shot_prompt(task, rng.sample(pool, k), n))
+    answers = [task.answer(n) for n in numbers]
+    return greedy_matches(model, tokenizer, prompts, answers, batch_size).float().mean().item()
+
+
 def greedy_completion(model: GPT, tokenizer: Encoder, prompt: str, max_new_tokens: int,
                       stop: str | None = "\n") -> str:
     """What the model writes after ``prompt`` by greedy decoding (``model.generate``), cut after ``stop``."""
