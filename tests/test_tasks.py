@@ -194,3 +194,26 @@ def test_few_shot_accuracy_draws_k_other_demonstrations_and_scores_greedy_matche
         few_shot_accuracy(model, tokenizer, task, numbers, [0, 1], 2)
     with pytest.raises(ValueError, match="k must be"):
         few_shot_accuracy(model, tokenizer, task, numbers, pool, -1)
+
+
+def test_task_pretraining_data_is_chapter_4s_recipe():
+    from llmbook.bytebpe import train_byte_bpe
+    from llmbook.data.numbers import split_numbers
+    from llmbook.data.shakespeare import load_plays
+    from llmbook.tasks import task_pretraining_data
+
+    plays = load_plays()
+    data = task_pretraining_data(plays, vocab_size=300, n_lines=3000, n_train_numbers=150, n_test_numbers=50, seed=4)
+    numbers = split_numbers(150, 0, 50, max_digits=3, seed=4)
+    lines = [line for p in plays if p.split == "train" for line in p.text.split("\n") if line.strip()]
+    text = "\n".join(lines)
+    assert data.shakespeare == lines and data.train_numbers == list(numbers.train)
+    assert data.in_plays == [n for n in numbers.test if TRANSLATION.source(n) in text]
+    assert sorted(data.test_numbers + data.in_plays) == sorted(numbers.test)
+    assert all(TRANSLATION.source(n) not in text for n in data.test_numbers)
+    mixed = mix_lines(lines, [(TRANSLATION, 0.25), (FIGURES, 0.25)], numbers.train, 3000, seed=5)
+    reference = train_byte_bpe(["\n".join(line for _, line in mixed)], 300)
+    sample = TRANSLATION.sentence(data.test_numbers[0]) + "\nKING LEAR:"
+    assert data.tokenizer.encode(sample) == reference.encode(sample) and data.tokenizer.vocab_size == 300
+    with pytest.raises(ValueError, match="training plays"):
+        task_pretraining_data([p for p in plays if p.split != "train"], 300, 100, 150, 5)

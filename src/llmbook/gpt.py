@@ -75,8 +75,9 @@ class GPTConfig:
     scaled_residual_init: bool = False
     attn_impl: str = "fused"
     layer_norm_eps: float = 1e-5
-    # 0: every layer attends to all earlier positions. w > 0: GPT-3's alternating pattern, layers 1, 3, 5, ... are
-    # locally banded (each position sees the last w positions, its own included), the others dense.
+    # 0: every layer attends to all earlier positions. w > 0: GPT-3's alternating pattern, the second, fourth, ...
+    # layers (indices 1, 3, 5, ...) are locally banded (each position sees the last w positions, its own included),
+    # the first, third, ... dense.
     local_window: int = 0
 
     def __post_init__(self) -> None:

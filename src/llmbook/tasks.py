@@ -21,7 +21,9 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from llmbook.data.numbers import english_reading
+from llmbook.bytebpe import ByteBPE, train_byte_bpe
+from llmbook.data.numbers import english_reading, split_numbers
+from llmbook.data.shakespeare import Play
 from llmbook.gpt import GPT
 from llmbook.units import chinese_numeral
 
@@ -241,3 +243,33 @@ def greedy_completion(model: GPT, tokenizer: Encoder, prompt: str, max_new_token
     if stop is not None and stop in text:
         text = text[:text.index(stop) + len(stop)]
     return text
+
+
+@dataclass(frozen=True)
+class TaskPretrainingData:
+    """Chapter 4's pre-training material (``task_pretraining_data``): the non-empty lines of the training plays, the
+    numbers task sentences may use and those held out for testing, and the byte-level BPE learnt on the mixture."""
+
+    shakespeare: list[str]
+    train_numbers: list[int]
+    test_numbers: list[int]
+    in_plays: list[int]  # held-out numbers left out of the test because their reading occurs in the plays
+    tokenizer: ByteBPE
+
+
+def task_pretraining_data(plays: Sequence[Play], vocab_size: int, n_lines: int, n_train_numbers: int,
+                          n_test_numbers: int, seed: int = 0) -> TaskPretrainingData:
+    """Chapter 4's recipe in one call, for the chapters that reuse its model: numbers below 1,000 split into
+    training and test (``split_numbers``, seeded), a test number kept only if its English reading occurs in no
+    training play, and a byte-level BPE of ``vocab_size`` tokens learnt on ``n_lines`` lines mixing the plays with
+    translation and figure sentences, a quarter each (``mix_lines`` with ``seed + 1``). Introduced in Chapter 4."""
+    numbers = split_numbers(n_train_numbers, 0, n_test_numbers, max_digits=3, seed=seed)
+    shakespeare = [line for p in plays if p.split == "train" for line in p.text.split("\n") if line.strip()]
+    if not shakespeare:
+        raise ValueError("plays must include training plays (split 'train')")
+    training_text = "\n".join(shakespeare)
+    in_plays = [n for n in numbers.test if TRANSLATION.source(n) in training_text]
+    lines = mix_lines(shakespeare, [(TRANSLATION, 0.25), (FIGURES, 0.25)], numbers.train, n_lines, seed=seed + 1)
+    tokenizer = train_byte_bpe(["\n".join(line for _, line in lines)], vocab_size)
+    return TaskPretrainingData(shakespeare, list(numbers.train), [n for n in numbers.test if n not in in_plays],
+                               in_plays, tokenizer)
