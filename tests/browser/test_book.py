@@ -298,3 +298,15 @@ def test_chapter5_budget_slider_moves_the_allocation(server, browser):
     assert before.startswith("C = 1e+24 FLOPs") and after.startswith("C = 1e+25 FLOPs"), (before, after)
     assert "Kaplan" in widget.inner_text()
     assert not watch.errors and not watch.outside
+
+
+def test_chapter6_shots_slider_walks_along_the_episode(server, browser):
+    watch, page, widget = _open_widget(
+        server, browser, "chapters/06_gpt3.html", '.widget-vbox:has(.widget-slider:has-text("shots"))'
+    )
+    before = widget.locator("code:visible").first.inner_text()
+    _nudge_first_slider(page, widget)
+    after = widget.locator("code:visible").first.inner_text()
+    assert after.startswith(before) and len(after) > len(before), (before, after)  # a longer context, same start
+    assert "the value" in widget.inner_text()
+    assert not watch.errors and not watch.outside
