@@ -179,6 +179,8 @@ def test_counting_baseline_on_a_hand_made_episode():
     torch.testing.assert_close(baseline, torch.tensor([(0.25 + 0 + 0) / 3, 0.5, 0.5]))
     with pytest.raises(ValueError, match="value token"):
         counting_baseline(episodes, tokens - 1, shots, max_shots=2)
+    with pytest.raises(ValueError, match="no value has 3 shots"):  # an empty bucket, not a NaN
+        counting_baseline(episodes, tokens, shots, max_shots=3)
 
 
 class FixedAttention(nn.Module):

@@ -218,6 +218,9 @@ def counting_baseline(episodes: Episodes, tokens: Tensor, shots: Tensor, max_sho
     best = before == before.max(-1, keepdim=True).values
     hit = best.gather(-1, values[..., None])[..., 0] / best.sum(-1)
     bucket = shots.clamp(max=max_shots)
+    for k in range(max_shots + 1):
+        if not bool((bucket == k).any()):  # a mean over nothing would be NaN
+            raise ValueError(f"no value has {k} shots in these episodes: pass more episodes or a smaller max_shots")
     return torch.stack([hit[bucket == k].float().mean() for k in range(max_shots + 1)])
 
 

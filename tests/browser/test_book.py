@@ -251,6 +251,13 @@ def _nudge_first_slider(page, widget):
     page.wait_for_timeout(300)
 
 
+def _text_around_a_nudge(page, widget, selector):
+    """The first visible ``selector`` element's text before and after ``_nudge_first_slider``."""
+    before = widget.locator(f"{selector}:visible").first.inner_text()
+    _nudge_first_slider(page, widget)
+    return before, widget.locator(f"{selector}:visible").first.inner_text()
+
+
 def test_chapter1_training_slider_replays_training(server, browser):
     watch, page, widget = _open_widget(
         server, browser, "chapters/01_transformer.html",
@@ -268,9 +275,7 @@ def test_chapter2_sample_grid_switches_samples(server, browser):
     watch, page, widget = _open_widget(
         server, browser, "chapters/02_gpt1.html", '.widget-vbox:has(.widget-slider:has-text("temperature"))'
     )
-    before = widget.locator("pre:visible").first.inner_text()
-    _nudge_first_slider(page, widget)  # the temperature slider comes first
-    after = widget.locator("pre:visible").first.inner_text()
+    before, after = _text_around_a_nudge(page, widget, "pre")  # the temperature slider comes first
     assert before.startswith("ROMEO:") and after.startswith("ROMEO:")
     assert after != before
     assert not watch.errors and not watch.outside
@@ -292,9 +297,7 @@ def test_chapter5_budget_slider_moves_the_allocation(server, browser):
     watch, page, widget = _open_widget(
         server, browser, "chapters/05_scaling_laws.html", '.widget-vbox:has(.widget-slider:has-text("FLOPs"))'
     )
-    before = widget.locator("p:visible").first.inner_text()
-    _nudge_first_slider(page, widget)
-    after = widget.locator("p:visible").first.inner_text()
+    before, after = _text_around_a_nudge(page, widget, "p")
     assert before.startswith("C = 1e+24 FLOPs") and after.startswith("C = 1e+25 FLOPs"), (before, after)
     assert "Kaplan" in widget.inner_text()
     assert not watch.errors and not watch.outside
@@ -304,9 +307,7 @@ def test_chapter6_shots_slider_walks_along_the_episode(server, browser):
     watch, page, widget = _open_widget(
         server, browser, "chapters/06_gpt3.html", '.widget-vbox:has(.widget-slider:has-text("shots"))'
     )
-    before = widget.locator("code:visible").first.inner_text()
-    _nudge_first_slider(page, widget)
-    after = widget.locator("code:visible").first.inner_text()
+    before, after = _text_around_a_nudge(page, widget, "code")
     assert after.startswith(before) and len(after) > len(before), (before, after)  # a longer context, same start
     assert "the value" in widget.inner_text()
     assert not watch.errors and not watch.outside
