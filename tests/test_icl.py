@@ -22,6 +22,7 @@ from llmbook.icl import (
     previous_token_scores,
     repeat_loss,
     score_by_shots,
+    train_on_mixture,
 )
 
 
@@ -215,3 +216,24 @@ def test_induction_and_previous_token_scores_of_hand_made_heads():
     torch.testing.assert_close(previous_token_scores(model, tokens, only_last), torch.tensor([[0.0, 1.0]]))
     with pytest.raises(ValueError, match="earlier occurrence"):
         induction_scores(model, torch.tensor([[0, 1, 2, 3, 4, 5]]))
+
+
+def test_train_on_mixture_reads_repeats_first_then_the_mixture():
+    from llmbook.trainer import Trainer, TrainerConfig, seed_everything
+
+    episodes, repeats = Episodes(n_keys=8, n_values=4, keys_per_episode=3, n_pairs=5), Repeats(12, 5)
+    config = GPTConfig(vocab_size=12, context_length=10, d_model=16, n_heads=2, n_layers=2, d_ff=0, dropout=0.0)
+    trainer_config = TrainerConfig(max_steps=4, lr=1e-2, device="cpu", seed=3)
+    model, history = train_on_mixture(config, episodes, repeats, 4, 2, 0.5, trainer_config)
+    # the same run by hand: steps 0 and 1 repeats only, steps 2 and 3 half and half
+    first, then = mixture_batch(episodes, repeats, 4, 1.0), mixture_batch(episodes, repeats, 4, 0.5)
+    assert [t.shape[0] for t in first(0)] == [0, 4] and [t.shape[0] for t in then(2)] == [2, 2]
+    seed_everything(3)
+    reference = GPT(config)
+    expected = Trainer(reference, mixture_loss, lambda step: first(step) if step < 2 else then(step),
+                       trainer_config).fit()
+    assert history.train_loss == expected.train_loss and len(history.train_loss) == 4
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="repeat_steps"):
+        train_on_mixture(config, episodes, repeats, 4, -1, 0.5, trainer_config)

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmbook.config import check_bool, check_int
-from llmbook.gpt import GPT
+from llmbook.gpt import GPT, GPTConfig
+from llmbook.trainer import History, Trainer, TrainerConfig, seed_everything
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,23 @@ def mixture_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     if not parts:
         raise ValueError("the batch holds no sequence")
     return torch.stack([loss * n for loss, n in parts]).sum() / sum(n for _, n in parts)
+
+
+def train_on_mixture(config: GPTConfig, episodes: Episodes, repeats: Repeats, batch_size: int, repeat_steps: int,
+                     repeat_share: float, trainer_config: TrainerConfig,
+                     eval_fn: Callable[[GPT], dict[str, float]] | None = None) -> tuple[GPT, History]:
+    """Chapter 6's recipe: a fresh ``GPT(config)``, initialised from ``trainer_config.seed``, trained by the book's
+    ``Trainer`` with ``mixture_loss`` on repeats only for the first ``repeat_steps`` steps, then on
+    ``mixture_batch`` with ``repeat_share`` repeats. Returns the model and its history. Introduced in Chapter 6."""
+    if not (isinstance(repeat_steps, int) and repeat_steps >= 0):
+        raise ValueError(f"repeat_steps must be an integer >= 0, got {repeat_steps!r}")
+    first = mixture_batch(episodes, repeats, batch_size, 1.0)
+    then = mixture_batch(episodes, repeats, batch_size, repeat_share)
+    seed_everything(trainer_config.seed)
+    model = GPT(config)
+    trainer = Trainer(model, mixture_loss, lambda step: first(step) if step < repeat_steps else then(step),
+                      trainer_config, eval_fn=eval_fn)  # type: ignore[arg-type]
+    return model, trainer.fit()
 
 
 def counting_baseline(episodes: Episodes, tokens: Tensor, shots: Tensor, max_shots: int) -> Tensor:
