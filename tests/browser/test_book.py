@@ -311,3 +311,29 @@ def test_chapter6_shots_slider_walks_along_the_episode(server, browser):
     assert after.startswith(before) and len(after) > len(before), (before, after)  # a longer context, same start
     assert "the value" in widget.inner_text()
     assert not watch.errors and not watch.outside
+
+
+def test_chapter7_format_and_prompt_menus_switch_continuations(server, browser):
+    watch, page, widget = _open_widget(
+        server, browser, "chapters/07_ollama.html", '.widget-vbox:has(.widget-dropdown:has-text("prompt"))'
+    )
+    before = widget.locator("pre:visible").first.inner_text()
+    assert before.startswith("ROMEO:") and "llama.cpp, f32, greedy" in widget.inner_text()
+    _nudge_first_slider(page, widget)  # the format slider: f32 -> f16
+    assert "llama.cpp, f16, greedy" in widget.inner_text()
+    widget.locator(".widget-dropdown select").select_option(index=2)  # the translation prompt
+    page.wait_for_timeout(300)
+    assert widget.locator("pre:visible").first.inner_text().startswith("In Chinese, three hundred and twelve")
+    assert not watch.errors and not watch.outside
+
+
+def test_chapter8_replay_slider_walks_through_the_game(server, browser):
+    watch, page, widget = _open_widget(
+        server, browser, "chapters/08_games.html", '.widget-vbox:has(.widget-slider:has-text("move"))'
+    )
+    before, after = _text_around_a_nudge(page, widget, "p")
+    assert before.startswith("move 0: the empty board"), before
+    assert after.startswith("move 1: the model played column"), after
+    assert "the model's next move, probabilities" in before  # the model moves first: its probabilities show
+    assert widget.locator("table.llmbook-table:visible").count() == 1  # one board at a time
+    assert not watch.errors and not watch.outside
