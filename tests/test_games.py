@@ -19,6 +19,7 @@ from llmbook.games import (  # noqa: E402
     board_probe,
     board_states,
     generate_games,
+    good_move_fraction,
     legal_masks,
     legal_move_rate,
     load_game,
@@ -31,7 +32,10 @@ from llmbook.games import (  # noqa: E402
     replay,
     residual_states,
     result_of,
+    safe_moves,
     split_by_game,
+    tactics,
+    winning_moves,
 )
 from llmbook.gpt import GPT, gpt2_config  # noqa: E402
 
@@ -255,3 +259,43 @@ def test_function_bot_plays_its_function_through_evaluate_bots(ttt):
     returns = pyspiel.evaluate_bots(ttt.new_initial_state(), [first_legal, first_legal], 0)
     # squares in order: x takes 0, 2, 4, 6 and wins on the diagonal 2-4-6
     assert list(returns) == [1.0, -1.0]
+
+
+def test_winning_and_safe_moves_of_a_connect_four_position(c4):
+    state = replay(c4, [3, 3, 4, 4, 5])  # x holds columns 3, 4, 5 of the bottom row; o to move
+    assert winning_moves(state) == []
+    assert safe_moves(state) == []  # x wins at 2 or at 6 and o can stop only one
+    state.apply_action(0)
+    assert winning_moves(state) == [2, 6] and safe_moves(state) == list(range(7))
+    with pytest.raises(ValueError, match="finished game"):
+        winning_moves(replay(c4, [3, 3, 4, 4, 5, 0, 2]))
+
+
+def test_tactics_agree_with_the_solver(ttt, solver):
+    games = generate_games(ttt, ("random", "random"), 200, seed=2)
+    found = tactics(ttt, games)
+    assert {t.kind for t in found} == {"win", "block"}
+    for t in found:
+        values = solver.action_values(t.state)
+        assert t.played in t.state.legal_actions() and 0 < t.chance <= 1
+        if t.kind == "win":  # a move that wins at once has the best value there is
+            assert all(values[a] == 1 for a in t.good)
+            assert all(t.state.child(a).is_terminal() for a in t.good)
+        else:  # every move but the good ones loses at once
+            assert all(values[a] == -1 for a in t.state.legal_actions() if a not in t.good)
+            assert t.chance < 1
+    assert good_move_fraction(lambda s: (winning_moves(s) or safe_moves(s))[0], found) == 1.0
+    assert good_move_fraction(lambda s: s.legal_actions()[0], found) < 1.0
+    with pytest.raises(ValueError, match="positions must hold"):
+        good_move_fraction(lambda s: 0, [])
+
+
+def test_moves_only_loss_renormalises_over_the_actions(c4):
+    vocab = Vocabulary.of(c4)
+    games = generate_games(c4, ("random", "random"), 3, seed=0)
+    logits = torch.randn(len(games), vocab.context_length, vocab.vocab_size)
+    actions_only = logits.clone()
+    actions_only[..., vocab.n_actions:] = float("-inf")  # no probability left on the special tokens
+    expected = move_losses(actions_only, vocab, games)
+    assert torch.allclose(move_losses(logits, vocab, games, moves_only=True), expected)
+    assert (move_losses(logits, vocab, games) > expected).all()

@@ -324,9 +324,14 @@ def legal_masks(game: Any, vocab: Vocabulary, transcripts: Sequence[Transcript])
     return masks
 
 
-def move_losses(logits: Tensor, vocab: Vocabulary, transcripts: Sequence[Transcript]) -> Tensor:
-    """(M,) cross-entropy in nats of each of the M moves of the games, from logits (N, C, V). Introduced in
-    Chapter 8."""
+def move_losses(logits: Tensor, vocab: Vocabulary, transcripts: Sequence[Transcript], moves_only: bool = False
+                ) -> Tensor:
+    """(M,) cross-entropy in nats of each of the M moves of the games, from logits (N, C, V). With ``moves_only``
+    the distribution is first renormalised over the action tokens: the loss of the next move *given that the game
+    goes on*, which is what the frequency and uniform baselines predict (they never expect the game to end).
+    Introduced in Chapter 8."""
+    if moves_only:
+        logits = logits[..., :vocab.n_actions]
     tokens = vocab.batch(transcripts)
     targets = tokens[:, 1:]  # position t predicts token t + 1
     mask = _move_mask(vocab, transcripts)[:, :-1]
@@ -450,6 +455,76 @@ def optimal_move_fraction(choose: Callable[[Any], int], solver: Solver, states: 
     if not states:
         raise ValueError("states must hold at least one position")
     return sum(choose(s) in solver.optimal_actions(s) for s in states) / len(states)
+
+
+def winning_moves(state: Any) -> list[int]:
+    """The legal moves that end the game at once with a win for the player to move. Introduced in Chapter 8."""
+    if state.is_terminal():
+        raise ValueError("state must have a player to move, got a finished game")
+    mover, wins = state.current_player(), []
+    for action in state.legal_actions():
+        after = state.child(action)
+        if after.is_terminal() and after.returns()[mover] > 0:
+            wins.append(action)
+    return wins
+
+
+def safe_moves(state: Any) -> list[int]:
+    """The legal moves after which the opponent has no winning move (a move that wins at once is safe).
+
+    Introduced in Chapter 8."""
+    if state.is_terminal():
+        raise ValueError("state must have a player to move, got a finished game")
+    safe = []
+    for action in state.legal_actions():
+        after = state.child(action)
+        if after.is_terminal() or not winning_moves(after):
+            safe.append(action)
+    return safe
+
+
+@dataclass(frozen=True)
+class Tactic:
+    """A position with a one-move tactic: ``kind`` "win" (the mover can win at once; ``good`` are the winning
+    moves) or "block" (no win, but the opponent threatens one that some of the legal moves stop; ``good`` are
+    those). ``played`` is the move the transcript made there. Introduced in Chapter 8."""
+
+    state: Any
+    kind: str
+    good: tuple[int, ...]
+    played: int
+
+    @property
+    def chance(self) -> float:
+        """The probability that a uniformly random legal move is good."""
+        return len(self.good) / len(self.state.legal_actions())
+
+
+def tactics(game: Any, transcripts: Sequence[Transcript]) -> list[Tactic]:
+    """Every position of the transcripts with a one-move tactic (``Tactic``): the positions where a player who
+    reads the board does better than a random legal move, and a player who does not cannot tell. Introduced in
+    Chapter 8."""
+    found = []
+    for transcript in transcripts:
+        state = game.new_initial_state()
+        for action in transcript.actions:
+            wins = winning_moves(state)
+            if wins:
+                found.append(Tactic(state.clone(), "win", tuple(wins), action))
+            else:
+                safe = safe_moves(state)
+                if 0 < len(safe) < len(state.legal_actions()):
+                    found.append(Tactic(state.clone(), "block", tuple(safe), action))
+            state.apply_action(action)
+    return found
+
+
+def good_move_fraction(choose: Callable[[Any], int], positions: Sequence[Tactic]) -> float:
+    """The fraction of ``positions`` (``tactics``) where ``choose(state)`` is one of the good moves. Introduced in
+    Chapter 8."""
+    if not positions:
+        raise ValueError("positions must hold at least one position")
+    return sum(choose(p.state) in p.good for p in positions) / len(positions)
 
 
 def board_states(game: Any, name: str, transcript: Transcript, relative: bool = True) -> Tensor:
