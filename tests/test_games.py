@@ -24,6 +24,7 @@ from llmbook.games import (  # noqa: E402
     legal_move_rate,
     load_game,
     make_bot,
+    mirrored,
     move_count_features,
     move_losses,
     next_token_logits,
@@ -299,3 +300,17 @@ def test_moves_only_loss_renormalises_over_the_actions(c4):
     expected = move_losses(actions_only, vocab, games)
     assert torch.allclose(move_losses(logits, vocab, games, moves_only=True), expected)
     assert (move_losses(logits, vocab, games) > expected).all()
+
+
+@pytest.mark.parametrize("name", ["tic_tac_toe", "connect_four"])
+def test_mirrored_games_replay_to_their_result_on_the_reflected_board(name):
+    game = load_game(name)
+    games = generate_games(game, ("random", "random"), 20, seed=3)
+    width = game.observation_tensor_shape()[-1]
+    for original, mirror in zip(games, mirrored(name, games), strict=True):
+        assert result_of(replay(game, mirror.actions).returns()) == mirror.result == original.result
+        boards = board_states(game, name, original).view(len(original.actions) + 1, -1, width)
+        assert torch.equal(board_states(game, name, mirror).view_as(boards), boards.flip(-1))
+    assert mirrored(name, mirrored(name, games)) == games
+    with pytest.raises(ValueError, match="name must be one of"):
+        mirrored("chess", games)

@@ -40,6 +40,9 @@ RESULTS = ("first player wins", "draw", "second player wins")
 # ones (pyspiel's two games order their planes differently; tests/test_games.py checks this against the boards
 # pyspiel prints).
 _PLANES = {"tic_tac_toe": (2, 1, 0), "connect_four": (0, 1, 2)}
+# Each game's left-right mirror as a map of its actions: a mirrored game is as legal as the original and ends the
+# same way, so it is a second training game for free.
+_MIRRORS = {"tic_tac_toe": (2, 1, 0, 5, 4, 3, 8, 7, 6), "connect_four": (6, 5, 4, 3, 2, 1, 0)}
 EMPTY, MINE, THEIRS = 0, 1, 2  # square labels of ``board_states``, relative to the player to move
 
 
@@ -257,6 +260,15 @@ def generate_games(game: Any, players: tuple[str, str], n_games: int, seed: int,
         raise ValueError(f"n_games must be a positive integer, got {n_games!r}")
     return [play_game(game, [make_bot(game, players[p], _seed(seed, i, p), solver) for p in range(2)])
             for i in range(n_games)]
+
+
+def mirrored(name: str, transcripts: Sequence[Transcript]) -> list[Transcript]:
+    """The games of ``name`` reflected left to right (tic-tac-toe's and connect four's boards are symmetric): each
+    mirrored game is legal and has the recorded result. Introduced in Chapter 8."""
+    if name not in _MIRRORS:
+        raise ValueError(f"name must be one of {GAMES}, got {name!r}")
+    mirror = _MIRRORS[name]
+    return [Transcript(tuple(mirror[a] for a in t.actions), t.result) for t in transcripts]
 
 
 def split_by_game(transcripts: Sequence[Transcript], test_fraction: float, seed: int
