@@ -1,5 +1,7 @@
 """llmbook.games: OpenSpiel transcripts, the exact solver, the GPT bot and the board probe (Chapter 8)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -36,9 +38,11 @@ from llmbook.games import (  # noqa: E402
     safe_moves,
     split_by_game,
     tactics,
+    train_on_games,
     winning_moves,
 )
 from llmbook.gpt import GPT, gpt2_config  # noqa: E402
+from llmbook.trainer import TrainerConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +318,21 @@ def test_mirrored_games_replay_to_their_result_on_the_reflected_board(name):
     assert mirrored(name, mirrored(name, games)) == games
     with pytest.raises(ValueError, match="name must be one of"):
         mirrored("chess", games)
+
+
+def test_training_on_random_games_learns_the_rules_and_records_the_learning_curve(ttt):
+    vocab = Vocabulary.of(ttt)
+    train, test = split_by_game(generate_games(ttt, ("random", "random"), 2000, seed=4), 0.1, seed=0)
+    config = dataclasses.replace(gpt2_config(2, 32, 2, vocab_size=vocab.vocab_size,
+                                             context_length=vocab.context_length, dropout=0.0), tie_embeddings=False)
+    model, history = train_on_games(config, train, vocab, 32, TrainerConfig(
+        max_steps=600, lr=3e-3, warmup_steps=20, eval_every=200, device="cpu", seed=0), test_games=test)
+    curve = history.eval["test_move_loss"]
+    assert history.eval_step == [200, 400, 600] and len(curve) == 3
+    assert curve[-1] == pytest.approx(move_losses(next_token_logits(model, vocab, test), vocab, test,
+                                                  moves_only=True).mean().item())
+    legal = legal_masks(ttt, vocab, test)
+    uniform_legal = legal.sum(-1)[legal.sum(-1) > 0].float().log().mean().item()  # the best any model can do
+    assert curve[-1] < curve[0] and uniform_legal < curve[-1] < uniform_legal + 0.25 < torch.tensor(9.0).log()
+    with pytest.raises(ValueError, match="eval_every"):
+        train_on_games(config, train, vocab, 32, TrainerConfig(max_steps=1, warmup_steps=0), test_games=test)

@@ -24,12 +24,12 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pyspiel
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from llmbook.gpt import GPT, GPTConfig, lm_loss
 from llmbook.trainer import History, Trainer, TrainerConfig, seed_everything
@@ -285,11 +285,12 @@ def split_by_game(transcripts: Sequence[Transcript], test_fraction: float, seed:
 
 
 def train_on_games(config: GPTConfig, transcripts: Sequence[Transcript], vocab: Vocabulary, batch_size: int,
-                   trainer_config: TrainerConfig) -> tuple[GPT, History]:
+                   trainer_config: TrainerConfig, test_games: Sequence[Transcript] = ()) -> tuple[GPT, History]:
     """A fresh ``GPT(config)`` (seeded from ``trainer_config.seed``) trained by the book's ``Trainer`` on batches of
     whole games drawn with a generator seeded by the step, with ``lm_loss`` on every token but <pad>.
 
-    Introduced in Chapter 8.
+    With ``test_games`` the history's ``eval["test_move_loss"]`` is the learning curve: the mean ``move_losses``
+    (``moves_only``) on those games every ``trainer_config.eval_every`` steps. Introduced in Chapter 8.
     """
     if config.vocab_size != vocab.vocab_size or config.context_length < vocab.context_length:
         raise ValueError(f"config must have vocab_size={vocab.vocab_size} and context_length >= "
@@ -304,10 +305,16 @@ def train_on_games(config: GPTConfig, transcripts: Sequence[Transcript], vocab: 
         rows = torch.randint(0, len(tokens), (batch_size,), generator=torch.Generator().manual_seed(step))
         return (tokens[rows, :int(lengths[rows].max())],)  # cut to the batch's longest game: no column of pads
 
+    def test_move_loss(model: nn.Module) -> dict[str, float]:
+        logits = next_token_logits(cast(GPT, model), vocab, test_games)
+        return {"test_move_loss": move_losses(logits, vocab, test_games, moves_only=True).mean().item()}
+
+    if test_games and trainer_config.eval_every == 0:
+        raise ValueError("test_games need trainer_config.eval_every > 0 (the steps between evaluations)")
     seed_everything(trainer_config.seed)
     model = GPT(config)
     trainer = Trainer(model, lambda m, b: lm_loss(m(b[0]), b[0], pad_id=vocab.pad_id), train_batch,
-                      trainer_config)
+                      trainer_config, eval_fn=test_move_loss if test_games else None)
     return model, trainer.fit()
 
 
