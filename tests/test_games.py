@@ -32,6 +32,7 @@ from llmbook.games import (  # noqa: E402
     next_token_logits,
     optimal_move_fraction,
     play_match,
+    probe_data,
     replay,
     residual_states,
     result_of,
@@ -336,3 +337,20 @@ def test_training_on_random_games_learns_the_rules_and_records_the_learning_curv
     assert curve[-1] < curve[0] and uniform_legal < curve[-1] < uniform_legal + 0.25 < torch.tensor(9.0).log()
     with pytest.raises(ValueError, match="eval_every"):
         train_on_games(config, train, vocab, 32, TrainerConfig(max_steps=1, warmup_steps=0), test_games=test)
+
+
+def test_probe_data_lines_up_hidden_states_boards_and_counts(c4):
+    vocab = Vocabulary.of(c4)
+    games = generate_games(c4, ("random", "random"), 3, seed=5)
+    model = tiny_gpt(vocab)
+    x, boards, counts = probe_data(c4, "connect_four", vocab, model, games)
+    n_positions = sum(len(g.actions) + 1 for g in games)
+    assert x.shape == (model.config.n_layers + 1, n_positions, model.config.d_model)
+    assert boards.shape == (n_positions, 42) and counts.shape == (n_positions, 14)
+    start = len(games[0].actions) + 1  # the second game's positions follow the first's
+    second = residual_states(model, vocab.batch(games[1:2]))[:, 0, :len(games[1].actions) + 1]
+    assert torch.allclose(x[:, start:start + second.shape[1]], second, atol=1e-5)
+    assert torch.equal(boards[start:start + second.shape[1]], board_states(c4, "connect_four", games[1]))
+    assert (boards[start] == EMPTY).all()  # read at <start>: the empty board
+    with pytest.raises(ValueError, match="at least one game"):
+        probe_data(c4, "connect_four", vocab, model, [])

@@ -14,7 +14,8 @@ language whose meaning, the board, can be checked exactly: ``replay`` plays the 
   masking the illegal ones; without masking an illegal pick is counted and replaced by a random legal move.
 - Measurements: ``move_losses`` (next-move loss), ``legal_move_rate``, ``optimal_move_fraction``, and the board
   probe: ``board_states`` (each square empty / the mover's / the opponent's), ``residual_states`` (the residual
-  stream after every block) and ``board_probe`` (a linear probe per square).
+  stream after every block), ``probe_data`` (both at every position of some games) and ``board_probe`` (a linear
+  probe per square). ``tactics`` finds the positions with a one-move win or a threat to block.
 Introduced in Chapter 8.
 """
 
@@ -579,6 +580,25 @@ def residual_states(model: GPT, tokens: Tensor) -> Tensor:
         x, _ = layer(x, mask=model._layer_mask(i, tokens.shape[1], 0, tokens.device), is_causal=True)
         states.append(x)
     return torch.stack(states).float().cpu()
+
+
+def probe_data(game: Any, name: str, vocab: Vocabulary, model: GPT, transcripts: Sequence[Transcript],
+               relative: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """What a board probe is fitted on, at the P positions of the games (each game's n moves give n + 1 positions,
+    the empty board included): the residual streams (n_layers + 1, P, D), the boards (P, squares) of
+    ``board_states`` and the move counts (P, 2 n_actions) of ``move_count_features``. The position after move j is
+    read at the token of move j, the empty board at <start>. Introduced in Chapter 8."""
+    if not transcripts:
+        raise ValueError("transcripts must hold at least one game")
+    device = next(model.parameters()).device
+    states = residual_states(model, vocab.batch(transcripts).to(device))  # (L + 1, N, C, D)
+    xs, boards, counts = [], [], []
+    for i, transcript in enumerate(transcripts):
+        n = len(transcript.actions) + 1
+        xs.append(states[:, i, :n])
+        boards.append(board_states(game, name, transcript, relative))
+        counts.append(move_count_features(transcript, vocab.n_actions))
+    return torch.cat(xs, 1), torch.cat(boards), torch.cat(counts)
 
 
 def board_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, n_classes: int = 3,
