@@ -9,8 +9,10 @@ import torch
 from llmbook.config import chapter_hyperparameters
 from llmbook.pretrain import even_windows, random_windows
 
-TABLE = {"cpu": dict(max_steps=1200, warmup_steps=100, eval_every=150, n_test=500, lr=2e-3, steps_note="x"),
-         "gpu": dict(max_steps=6000, warmup_steps=400, eval_every=500, n_test=1000, lr=1e-3, steps_note="y")}
+TABLE = {"cpu": dict(max_steps=1200, warmup_steps=100, eval_every=150, c4_eval_every=250, n_test=500, lr=2e-3,
+                     steps_note="x"),
+         "gpu": dict(max_steps=6000, warmup_steps=400, eval_every=500, c4_eval_every=500, n_test=1000, lr=1e-3,
+                     steps_note="y")}
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +33,8 @@ def test_llmbook_scale_and_max_steps_run_the_gpu_scale_cut_short(monkeypatch):
     monkeypatch.setenv("LLMBOOK_MAX_STEPS", "2")
     scale, hp = chapter_hyperparameters(TABLE, torch.device("cpu"))
     assert scale == "gpu"
-    assert hp == dict(max_steps=2, warmup_steps=2, eval_every=2, n_test=1000, lr=1e-3, steps_note="y")
+    assert hp == dict(max_steps=2, warmup_steps=2, eval_every=2, c4_eval_every=2, n_test=1000, lr=1e-3,
+                      steps_note="y")
     monkeypatch.setenv("LLMBOOK_MAX_EXAMPLES", "50")
     assert chapter_hyperparameters(TABLE, torch.device("cpu"))[1]["n_test"] == 50
     assert TABLE["gpu"]["max_steps"] == 6000  # the table itself is left alone

@@ -179,7 +179,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 SCALES = ("cpu", "gpu")
-_CUT_KEYS = ("eval_every",)  # cut like the step counts, whose keys end in "steps"
+_CUT_KEYS = ("steps", "eval_every")  # the endings of the keys that LLMBOOK_MAX_STEPS cuts
 
 
 def chapter_hyperparameters(table: dict[str, dict[str, Any]], device: torch.device) -> tuple[str, dict[str, Any]]:
@@ -187,9 +187,9 @@ def chapter_hyperparameters(table: dict[str, dict[str, Any]], device: torch.devi
 
     Environment variables serve the book's checks. ``LLMBOOK_SCALE`` (cpu or gpu) picks the scale whatever the
     device, so that a CPU can run the GPU scale. ``LLMBOOK_MAX_STEPS=N`` cuts every step count (the value of a key
-    that ends in "steps") and ``eval_every`` to at most N, and ``LLMBOOK_MAX_EXAMPLES=M`` every example count (a key
-    that starts with "n_", such as n_test) to at most M, so that such a run goes end to end in minutes; its numbers
-    then mean nothing. Introduced in Chapter 1.
+    that ends in "steps") and every evaluation interval (a key that ends in "eval_every") to at most N, and
+    ``LLMBOOK_MAX_EXAMPLES=M`` every example count (a key that starts with "n_", such as n_test) to at most M, so
+    that such a run goes end to end in minutes; its numbers then mean nothing. Introduced in Chapter 1.
     """
     if set(table) != set(SCALES):
         raise ValueError(f"table must have the keys {SCALES}, got {sorted(table)}")
@@ -197,7 +197,7 @@ def chapter_hyperparameters(table: dict[str, dict[str, Any]], device: torch.devi
     if scale not in SCALES:
         raise ValueError(f"LLMBOOK_SCALE must be one of {SCALES}, got {scale!r}")
     hp = dict(table[scale])
-    for variable, cut in (("LLMBOOK_MAX_STEPS", lambda k: k.endswith("steps") or k in _CUT_KEYS),
+    for variable, cut in (("LLMBOOK_MAX_STEPS", lambda k: k.endswith(_CUT_KEYS)),
                           ("LLMBOOK_MAX_EXAMPLES", lambda k: k.startswith("n_"))):
         cap = os.environ.get(variable)
         if not cap:
