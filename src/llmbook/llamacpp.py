@@ -56,9 +56,25 @@ def load_llama(path: str | Path, n_threads: int | None = None, kv_f32: bool = Fa
     # llama.cpp rounds the context up to a multiple of 256 and warns that it outgrows the model's, whatever
     # verbose says (the binding's log callback prints warnings to sys.stderr, C code writes to descriptor 2);
     # context_length below is the limit the helpers enforce.
-    with _quiet_stderr(), contextlib.redirect_stderr(io.StringIO()):
-        return lib.Llama(model_path=str(path), n_ctx=0, n_batch=4096, n_ubatch=4096, logits_all=True,
-                         n_threads=threads, n_threads_batch=threads, verbose=False, **cache)
+    # No weight repacking into llama.cpp's extra CPU buffer types: on CPUs with AMX (Intel Sapphire Rapids and
+    # later) the repacked q8_0 / q4_0 matrices of a model this small crash llama.cpp 0.3.36 in decode (a
+    # segmentation fault, seen here). The binding does not expose the switch, so its default parameters are
+    # wrapped while the model loads.
+    low_level = lib.llama_cpp
+    defaults = low_level.llama_model_default_params
+
+    def without_repacking() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = without_repacking
+    try:
+        with _quiet_stderr(), contextlib.redirect_stderr(io.StringIO()):
+            return lib.Llama(model_path=str(path), n_ctx=0, n_batch=4096, n_ubatch=4096, logits_all=True,
+                             n_threads=threads, n_threads_batch=threads, verbose=False, **cache)
+    finally:
+        low_level.llama_model_default_params = defaults
 
 
 @contextlib.contextmanager
