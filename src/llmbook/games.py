@@ -201,32 +201,21 @@ class FunctionBot(pyspiel.Bot):
         pass
 
 
-class _RandomChoiceBot(pyspiel.Bot):
+def _random_choice(choices: Callable[[Any], list[int]], seed: int) -> FunctionBot:
     """A uniform choice among ``choices(state)``, seeded: the random player's and the solver's bot."""
-
-    def __init__(self, choices: Callable[[Any], list[int]], seed: int) -> None:
-        pyspiel.Bot.__init__(self)
-        self.choices, self.rng = choices, random.Random(seed)
-
-    def step(self, state: Any) -> int:
-        return int(self.rng.choice(self.choices(state)))
-
-    def restart_at(self, state: Any) -> None:
-        pass
-
-    def inform_action(self, state: Any, player: int, action: int) -> None:
-        pass
+    rng = random.Random(seed)
+    return FunctionBot(lambda state: int(rng.choice(choices(state))))
 
 
 def make_bot(game: Any, player: str, seed: int, solver: Solver | None = None) -> Any:
     """An OpenSpiel bot: ``"random"``, ``"mcts-N"`` (C++ MCTS, N simulations, UCT c = 2, one random rollout per
     leaf) or ``"solver"`` (uniform among the optimal moves of ``solver``). Introduced in Chapter 8."""
     if player == "random":
-        return _RandomChoiceBot(lambda state: state.legal_actions(), seed)
+        return _random_choice(lambda state: state.legal_actions(), seed)
     if player == "solver":
         if solver is None:
             raise ValueError("player 'solver' needs a Solver of the game (solver=Solver(game))")
-        return _RandomChoiceBot(solver.optimal_actions, seed)
+        return _random_choice(solver.optimal_actions, seed)
     if player.startswith("mcts-") and player[5:].isdigit() and int(player[5:]) > 0:
         return pyspiel.MCTSBot(game, pyspiel.RandomRolloutEvaluator(1, seed), 2.0, int(player[5:]), 1000, False,
                                seed, False)
